@@ -1,0 +1,94 @@
+"""Typed batches: what every model consumes."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+def _to(obj, device, non_blocking=False):
+    return type(obj)(**{f.name: (v.to(device, non_blocking=non_blocking) if isinstance(v, Tensor) else v)
+                        for f in dataclasses.fields(obj) for v in [getattr(obj, f.name)]})
+
+
+@dataclass
+class Batch:
+    """B impressions. Histories are right-aligned: the most recent behavior sits at position L-1."""
+    sparse: Tensor     # (B, F_sparse) int64 ids of the categorical non-behavioral fields (0 pad, 1 OOV)
+    dense: Tensor      # (B, F_dense) float32 numeric fields
+    hist: Tensor       # (B, L, F_hist) int64 behavior ids
+    hist_time: Tensor  # (B, L) int64 unix seconds; 0 marks padding
+    time: Tensor       # (B,) int64 unix seconds of the impression (the request time)
+    label: Tensor      # (B,) float32 0/1
+    user: Tensor       # (B,) int64 user key (GAUC groups)
+    request: Tensor    # (B,) int64 request key
+
+    def to(self, device, non_blocking: bool = False) -> "Batch":
+        return _to(self, device, non_blocking)
+
+    def __len__(self) -> int:
+        return self.label.shape[0]
+
+    @property
+    def hist_mask(self) -> Tensor:  # (B, L) True where a behavior is real
+        return self.hist_time > 0
+
+    def select(self, idx: Tensor) -> "Batch":
+        return Batch(**{f.name: getattr(self, f.name)[idx] for f in dataclasses.fields(self)})
+
+    def with_max_len(self, max_len: int) -> "Batch":
+        """Keep the `max_len` most recent behaviors (right-aligned, so a slice from the right)."""
+        return dataclasses.replace(self, hist=self.hist[:, -max_len:], hist_time=self.hist_time[:, -max_len:])
+
+
+@dataclass
+class RequestBatch:
+    """R requests of up to C candidates each: one user at one moment and the impressions shown to them.
+
+    `context` holds one row per request (its user and context fields, history and time); the candidates carry
+    their full rows, so a model that does not reuse user-side work can score them as plain impressions."""
+    context: Batch         # (R, ...) one representative impression per request
+    cand_sparse: Tensor    # (R, C, F_sparse)
+    cand_dense: Tensor     # (R, C, F_dense)
+    label: Tensor          # (R, C) float32
+    mask: Tensor           # (R, C) bool: real candidate slots
+
+    def to(self, device, non_blocking: bool = False) -> "RequestBatch":
+        return RequestBatch(context=self.context.to(device, non_blocking),
+                            **{k: getattr(self, k).to(device, non_blocking)
+                               for k in ("cand_sparse", "cand_dense", "label", "mask")})
+
+    @property
+    def num_candidates(self) -> int:
+        return self.mask.shape[1]
+
+    @classmethod
+    def from_batch(cls, batch: Batch) -> "RequestBatch":
+        """Group a flat batch's impressions by request key (vectorised). Rows of one request must share
+        the user, time and history, as they do by construction of a request."""
+        req, inverse, counts = torch.unique(batch.request, return_inverse=True, return_counts=True)
+        r, c = len(req), int(counts.max())
+        order = torch.argsort(inverse, stable=True)
+        starts = torch.cumsum(counts, 0) - counts
+        slot = torch.arange(len(batch), device=order.device) - starts[inverse[order]]
+        rows, slots = inverse[order], slot
+        mask = torch.zeros(r, c, dtype=torch.bool, device=order.device)
+        mask[rows, slots] = True
+        sparse = batch.sparse.new_zeros(r, c, batch.sparse.shape[1])
+        sparse[rows, slots] = batch.sparse[order]
+        dense = batch.dense.new_zeros(r, c, batch.dense.shape[1])
+        dense[rows, slots] = batch.dense[order]
+        label = batch.label.new_zeros(r, c)
+        label[rows, slots] = batch.label[order]
+        context = batch.select(order[starts])
+        return cls(context=context, cand_sparse=sparse, cand_dense=dense, label=label, mask=mask)
+
+    def flat(self) -> Batch:
+        """The real impressions as a flat batch, request by request, candidates in slot order."""
+        r, c = self.mask.shape
+        owner = torch.arange(r, device=self.mask.device).repeat_interleave(c)[self.mask.flatten()]
+        ctx = self.context.select(owner)
+        return dataclasses.replace(ctx, sparse=self.cand_sparse[self.mask], dense=self.cand_dense[self.mask],
+                                   label=self.label[self.mask])

@@ -1,0 +1,132 @@
+"""Reading a prepared dataset: its feature spec for the models, and vectorised batch gathering for the loader."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .store import SPLITS, Vocab, read_columns
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What a model needs to know about the data: field names, roles, vocabularies and their sizes."""
+    sparse: tuple[str, ...]
+    dense: tuple[str, ...]
+    hist: tuple[str, ...]
+    roles: dict[str, str]
+    field_vocab: dict[str, str]
+    vocab_sizes: dict[str, int]
+    max_len: int = 50
+    content_dim: int = 0
+    content_key: str | None = None  # the sparse field whose ids index the content table
+    name: str = ""
+
+    def sparse_of_role(self, *roles: str) -> list[int]:
+        return [i for i, f in enumerate(self.sparse) if self.roles[f] in roles]
+
+    @property
+    def hist_to_sparse(self) -> list[int]:
+        """For each behavior field, the item-role sparse field sharing its vocabulary (-1 when none).
+        This aligns a candidate with the behaviors: target attention and target-aware sequences need it."""
+        out = []
+        for h in self.hist:
+            match = [i for i, f in enumerate(self.sparse)
+                     if self.roles[f] == "item" and self.field_vocab[f] == self.field_vocab[f"hist.{h}"]]
+            out.append(match[0] if match else -1)
+        return out
+
+    def to_dict(self) -> dict:
+        return self.__dict__.copy()
+
+
+class SplitData:
+    """The impressions of one split, over its shards (memory maps)."""
+
+    def __init__(self, shard_dirs: list[Path]):
+        self.shards = [read_columns(d) for d in shard_dirs]
+        sizes = [len(s["label"]) for s in self.shards]
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def column(self, name: str) -> np.ndarray:
+        """A whole column in memory (for keys and labels; the wide columns are read with take())."""
+        if not self.shards:
+            return np.zeros(0)
+        return np.concatenate([np.asarray(s[name]) for s in self.shards])
+
+    def take(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+        idx = np.asarray(idx, dtype=np.int64)
+        if len(self.shards) == 1:
+            return {k: np.asarray(v[idx]) for k, v in self.shards[0].items()}
+        shard = np.searchsorted(self.offsets, idx, side="right") - 1
+        out = {k: np.empty((len(idx), *v.shape[1:]), v.dtype) for k, v in self.shards[0].items()}
+        for s in np.unique(shard):
+            sel = shard == s
+            local = idx[sel] - self.offsets[s]
+            for k, v in self.shards[s].items():
+                out[k][sel] = v[local]
+        return out
+
+
+class PreparedDataset:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        meta_path = self.root / "meta.json"
+        if not meta_path.exists():
+            raise FileNotFoundError(f"{self.root}: not a prepared dataset (no meta.json); "
+                                    f"run `ctrscale data prepare` first")
+        self.meta = json.loads(meta_path.read_text())
+        lay = self.meta["layout"]
+        content_key = (self.meta.get("schema") or {}).get("content") or {}
+        self.spec = DataSpec(sparse=tuple(lay["sparse"]), dense=tuple(lay["dense"]), hist=tuple(lay["hist"]),
+                             roles=lay["roles"], field_vocab=lay["field_vocab"],
+                             vocab_sizes=self.meta["vocab_sizes"], max_len=self.meta["max_len"],
+                             content_dim=self.meta.get("content_dim", 0),
+                             content_key=content_key.get("key") if self.meta.get("content_dim") else None,
+                             name=self.meta["name"])
+        log = read_columns(self.root / "log")
+        nh = len(self.spec.hist)
+        self.log_ids = log.get("ids", np.zeros((0, nh), np.int32))
+        self.log_time = log.get("time", np.zeros(0, np.int64))
+        self._splits: dict[str, SplitData] = {}
+
+    def split(self, name: str) -> SplitData:
+        if name not in SPLITS:
+            raise KeyError(f"unknown split {name!r}; have {SPLITS}")
+        if name not in self._splits:
+            self._splits[name] = SplitData([self.root / d for d in self.meta["splits"][name]])
+        return self._splits[name]
+
+    def vocab(self, name: str) -> Vocab:
+        return Vocab.from_json((self.root / "vocab" / f"{name}.json").read_text())
+
+    def content(self) -> np.ndarray | None:
+        p = self.root / "content.npy"
+        return np.load(p) if p.exists() else None
+
+    @property
+    def report(self) -> dict:
+        return json.loads((self.root / "report.json").read_text())
+
+    def gather(self, split: str, idx: np.ndarray, max_len: int) -> dict[str, np.ndarray]:
+        """Rows idx of a split with their histories cut to the `max_len` most recent behaviors, right-aligned."""
+        rows = self.split(split).take(idx)
+        start, end = rows.pop("hist_start"), rows.pop("hist_end")
+        pos = end[:, None] - max_len + np.arange(max_len)  # (B, L) log positions, most recent last
+        valid = pos >= start[:, None]
+        if len(self.log_time) == 0:
+            valid[:] = False
+        pos = np.where(valid, pos, 0)
+        if valid.any():
+            hist = np.asarray(self.log_ids[pos.ravel()]).reshape(*pos.shape, -1) * valid[..., None]
+            hist_time = np.asarray(self.log_time[pos.ravel()]).reshape(pos.shape) * valid
+        else:
+            hist = np.zeros((*pos.shape, len(self.spec.hist)), np.int32)
+            hist_time = np.zeros(pos.shape, np.int64)
+        rows["hist"], rows["hist_time"] = hist, hist_time
+        return rows

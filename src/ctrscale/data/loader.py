@@ -1,0 +1,100 @@
+"""Batches from prepared shards: pointwise (impressions) or listwise (whole requests).
+
+The order of an epoch is a pure function of (seed, epoch), and each batch is gathered from its own index array,
+so a run restarted at step k of an epoch sees exactly the batches it would have seen (exact resume), with or
+without worker processes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..batch import Batch, RequestBatch
+from .dataset import PreparedDataset
+
+
+def _to_batch(rows: dict[str, np.ndarray]) -> Batch:
+    t = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in rows.items()}
+    return Batch(sparse=t["sparse"].long(), dense=t["dense"].float(), hist=t["hist"].long(),
+                 hist_time=t["hist_time"].long(), time=t["time"].long(), label=t["label"].float(),
+                 user=t["user"].long(), request=t["request"].long())
+
+
+class _Gather(Dataset):
+    """Index array -> Batch (or RequestBatch). Used as a map-style dataset whose items are whole batches."""
+
+    def __init__(self, data: PreparedDataset, split: str, max_len: int, plan: list[np.ndarray], listwise: bool):
+        self.data, self.split, self.max_len, self.plan, self.listwise = data, split, max_len, plan, listwise
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __getitem__(self, i: int):
+        batch = _to_batch(self.data.gather(self.split, self.plan[i], self.max_len))
+        return RequestBatch.from_batch(batch) if self.listwise else batch
+
+
+@dataclass
+class LoaderConfig:
+    batch_size: int = 1024
+    max_len: int = 50
+    num_workers: int = 0
+    shuffle: bool = True
+    drop_last: bool = False
+    # Listwise: a batch holds whole requests, up to batch_size impressions (a larger request comes alone).
+    listwise: bool = False
+
+
+class Loader:
+    """Iterates a split in batches. `epoch` picks the shuffle; `start_step` skips batches already consumed."""
+
+    def __init__(self, data: PreparedDataset, split: str, cfg: LoaderConfig, seed: int = 0):
+        self.data, self.split, self.cfg, self.seed = data, split, cfg, seed
+        self.n = len(data.split(split))
+        if cfg.listwise:
+            req = data.split(split).column("request")
+            self._req_order = np.argsort(req, kind="stable")
+            _, self._req_counts = np.unique(req[self._req_order], return_counts=True)
+            self._req_starts = np.concatenate([[0], np.cumsum(self._req_counts)[:-1]])
+
+    def plan(self, epoch: int) -> list[np.ndarray]:
+        rng = np.random.default_rng([self.seed, epoch])
+        bs = self.cfg.batch_size
+        if not self.cfg.listwise:
+            order = rng.permutation(self.n) if self.cfg.shuffle else np.arange(self.n)
+            stop = (self.n // bs) * bs if self.cfg.drop_last else self.n
+            return [order[i:i + bs] for i in range(0, stop, bs)]
+        reqs = rng.permutation(len(self._req_counts)) if self.cfg.shuffle else np.arange(len(self._req_counts))
+        # Greedy packing of whole requests into batches of at most bs impressions (vectorised boundaries).
+        sizes = self._req_counts[reqs]
+        cum = np.cumsum(sizes)
+        bounds, lo = [0], 0
+        while bounds[-1] < len(reqs):
+            base = cum[bounds[-1] - 1] if bounds[-1] else 0
+            nxt = int(np.searchsorted(cum, base + bs, side="right"))
+            bounds.append(max(nxt, bounds[-1] + 1))
+        out = []
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            starts, counts = self._req_starts[reqs[a:b]], self._req_counts[reqs[a:b]]
+            rows = np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
+            out.append(self._req_order[rows])
+        if self.cfg.drop_last and out and sum(map(len, out[-1:])) < bs:
+            out = out[:-1]
+        return out
+
+    def steps_per_epoch(self) -> int:
+        return len(self.plan(0))
+
+    def epoch(self, epoch: int = 0, start_step: int = 0):
+        plan = self.plan(epoch)[start_step:]
+        ds = _Gather(self.data, self.split, self.cfg.max_len, plan, self.cfg.listwise)
+        if self.cfg.num_workers == 0:
+            return (ds[i] for i in range(len(ds)))
+        return iter(DataLoader(ds, batch_size=None, shuffle=False, num_workers=self.cfg.num_workers,
+                               persistent_workers=False, prefetch_factor=4))
+
+    def __iter__(self):
+        return self.epoch(0)
