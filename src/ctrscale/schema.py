@@ -25,11 +25,13 @@ tables) reads the same object, so a typo is caught once, here, with the file and
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from .typed import ConfigError, from_dict
 
 KINDS = ("categorical", "numeric")
 ROLES = ("user", "item", "context")
@@ -114,19 +116,10 @@ def _strip_none(x):
 
 
 def _build(cls, raw: Any, where: str):
-    """Build a frozen dataclass from a dict, refusing unknown and missing keys."""
-    if not isinstance(raw, dict):
-        raise SchemaError(f"{where}: expected a mapping, got {type(raw).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(raw) - names
-    if unknown:
-        raise SchemaError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(names)}")
-    required = {f.name for f in dataclasses.fields(cls)
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
-    missing = required - set(raw)
-    if missing:
-        raise SchemaError(f"{where}: missing key(s) {sorted(missing)}")
-    return cls(**raw)
+    try:
+        return from_dict(cls, raw, where)
+    except ConfigError as e:
+        raise SchemaError(str(e)) from None
 
 
 def schema_from_dict(raw: dict, where: str = "schema") -> Schema:

@@ -117,7 +117,7 @@ def read_columns(directory: str | Path) -> dict[str, np.ndarray]:
     out = {}
     for name, m in meta.items():
         shape = tuple(m["shape"])
-        if shape[0] == 0:
+        if int(np.prod(shape)) == 0:
             out[name] = np.zeros(shape, dtype=np.dtype(m["dtype"]))
         else:
             out[name] = np.memmap(directory / f"{name}.bin", dtype=np.dtype(m["dtype"]), mode="r", shape=shape)

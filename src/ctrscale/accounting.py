@@ -1,0 +1,50 @@
+"""Parameters and counted FLOPs (shared/spec/metrics.md): dense vs embedding parameters, inference GFLOPs per
+batch of 60 impressions, training FLOPs per impression, all counted by torch.utils.flop_counter on real passes."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from .batch import Batch
+from .models.layers import is_embedding_param
+
+
+def count_params(model: nn.Module) -> dict[str, int]:
+    """Trainable parameters split into embedding tables and everything else ("dense"); frozen tables apart."""
+    out = {"dense": 0, "embedding": 0, "frozen": 0}
+    for name, p in model.named_parameters():
+        key = "frozen" if not p.requires_grad else "embedding" if is_embedding_param(name) else "dense"
+        out[key] += p.numel()
+    out["frozen"] += sum(b.numel() for n, b in model.named_buffers() if n.endswith("content"))
+    return out
+
+
+def _flops(fn) -> int:
+    with FlopCounterMode(display=False) as fc:
+        fn()
+    return int(fc.get_total_flops())
+
+
+def inference_flops(model: nn.Module, batch: Batch) -> int:
+    """Counted FLOPs of one forward pass over `batch` (use 60 impressions for the seeds' unit)."""
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        n = _flops(lambda: model(batch))
+    model.train(was)
+    return n
+
+
+def training_flops_per_impression(model: nn.Module, batch: Batch) -> float:
+    """Counted FLOPs of forward + backward of the BCE loss, divided by the batch size."""
+    was = model.training
+    model.train()
+
+    def step():
+        loss = nn.functional.binary_cross_entropy_with_logits(model(batch), batch.label)
+        loss.backward()
+    n = _flops(step)
+    model.zero_grad(set_to_none=True)
+    model.train(was)
+    return n / len(batch)

@@ -1,0 +1,132 @@
+"""Command line: `ctrscale ls | data prepare | train | eval | demo`."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def cmd_ls(args) -> int:
+    from .models.registry import default_config, entries
+    for name, e in sorted(entries().items()):
+        print(f"{name:12s} {e.summary}")
+        if args.verbose:
+            print(f"{'':12s} defaults: {json.dumps({k: v for k, v in default_config(name).items() if k != 'name'})}")
+    return 0
+
+
+def cmd_prepare(args) -> int:
+    from .data import catalog
+    if args.schema:
+        from .data.generic import prepare_from_schema_file
+        if not args.input or not args.out:
+            print("--schema needs --input FILE [FILE ...] and --out DIR", file=sys.stderr)
+            return 2
+        report = prepare_from_schema_file(args.schema, [Path(p) for p in args.input], Path(args.out),
+                                          on_bad_row=args.on_bad_row, split=args.split, force=args.force)
+        out = Path(args.out)
+    else:
+        if not args.name:
+            print(f"name a dataset ({', '.join(catalog.NAMES)}) or give --schema", file=sys.stderr)
+            return 2
+        from .typed import apply_overrides
+        options = apply_overrides({}, args.option or [])
+        out, report = catalog.prepare(args.name, raw_dir=args.raw_dir, out=args.out, force=args.force, **options)
+    if report is None:
+        print(f"{out}: already prepared (same inputs and options); nothing to do")
+    else:
+        print((out / "report.md").read_text())
+        print(f"prepared into {out}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .train.config import load_config
+    from .train.recipe import fit
+    cfg = load_config(args.config, args.overrides)
+    res = fit(cfg, resume=args.resume)
+    if "test" in res:
+        t = res["test"]
+        print(f"{cfg.name}: best epoch {res['best_epoch']}; test AUC {t['auc']:.4f} GAUC {t.get('gauc', 0):.4f} "
+              f"logloss {t['logloss']:.4f}; results in {cfg.run_dir}/results.json")
+    else:
+        print(f"stopped at step {res['stopped_at_step']}; continue with --resume")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    import torch
+
+    from .data.catalog import open_dataset
+    from .models.registry import build_model
+    from .train.config import load_config
+    from .train.recipe import evaluate, resolve_device
+    run = Path(args.run)
+    cfg = load_config(run / "config.yaml")
+    data = open_dataset(cfg.data.name, cfg.data.path, cfg.data.raw_dir, cfg.data.options)
+    device = resolve_device(cfg.train.device)
+    model = build_model(data.spec, cfg.model).to(device)
+    ck = torch.load(run / f"{args.checkpoint}.pt", weights_only=False, map_location=device)
+    model.load_state_dict(ck["model"] if "model" in ck else ck)
+    max_len = cfg.data.max_len or data.spec.max_len
+    m = evaluate(model, data, args.split, max_len, cfg.data.eval_batch_size, device, cfg.train.precision)
+    print(json.dumps(m, indent=1))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+    run_demo(out=Path(args.out), epochs=args.epochs, models=args.models, options={"impressions": args.impressions}
+             if args.impressions else {})
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ctrscale", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("ls", help="list registered models")
+    s.add_argument("-v", "--verbose", action="store_true")
+    s.set_defaults(fn=cmd_ls)
+
+    d = sub.add_parser("data", help="data preparation").add_subparsers(dest="data_cmd", required=True)
+    s = d.add_parser("prepare", help="prepare a named dataset, or any CSV/Parquet described by a schema")
+    s.add_argument("name", nargs="?", help="synthetic | ml100k-ctr-v1 | ml1m-u2999-ctr-v1")
+    s.add_argument("--raw-dir")
+    s.add_argument("--out")
+    s.add_argument("--force", action="store_true", help="prepare again even if up to date")
+    s.add_argument("--option", action="append", help="preparer option key=value (synthetic sizes)")
+    s.add_argument("--schema", help="feature schema YAML for the generic preparer")
+    s.add_argument("--input", nargs="+", help="CSV/Parquet files (generic preparer)")
+    s.add_argument("--on-bad-row", choices=["error", "skip"], default="error")
+    s.add_argument("--split", default="time", help="'time' (80/10/10 by time) or a column of train/valid/test")
+    s.set_defaults(fn=cmd_prepare)
+
+    s = sub.add_parser("train", help="train a model: --config X.yaml key=value ...")
+    s.add_argument("--config")
+    s.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.name=din train.epochs=2")
+    s.set_defaults(fn=cmd_train)
+
+    s = sub.add_parser("eval", help="evaluate a run's checkpoint on a split")
+    s.add_argument("run", help="run folder (holds config.yaml and best.pt)")
+    s.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    s.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    s.set_defaults(fn=cmd_eval)
+
+    s = sub.add_parser("demo", help="the main job: prepare the synthetic default, train every model, compare")
+    s.add_argument("--out", default="reports/demo")
+    s.add_argument("--epochs", type=int, default=2)
+    s.add_argument("--models", nargs="*", help="default: every registered model")
+    s.add_argument("--impressions", type=int, help="synthetic size (default: the generator's)")
+    s.set_defaults(fn=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""Datasets known by name, prepared on first use into $CTRSCALE_HOME/prepared/<name> (default ~/.cache/ctrscale).
+
+Raw MovieLens files are looked up in `raw_dir`, else $CTRSCALE_DATA/<folder>, else ../shared/data/<folder>
+relative to the working directory (where the project's shared data lies beside a checkout)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .dataset import PreparedDataset
+
+RAW_FOLDERS = {"ml100k-ctr-v1": "ml-100k", "ml1m-u2999-ctr-v1": "ml-1m-u2999"}
+NAMES = ("synthetic", *RAW_FOLDERS)
+
+
+def home() -> Path:
+    return Path(os.environ.get("CTRSCALE_HOME", Path.home() / ".cache" / "ctrscale"))
+
+
+def find_raw(name: str, raw_dir: str | None = None) -> Path:
+    folder = RAW_FOLDERS[name]
+    candidates = [Path(raw_dir)] if raw_dir else []
+    if os.environ.get("CTRSCALE_DATA"):
+        candidates.append(Path(os.environ["CTRSCALE_DATA"]) / folder)
+    candidates.append(Path.cwd().parent / "shared" / "data" / folder)
+    candidates.append(Path(__file__).resolve().parents[4] / "shared" / "data" / folder)  # beside a checkout
+    for c in candidates:
+        if c.is_dir():
+            return c
+    raise FileNotFoundError(f"raw data for {name} not found; looked in {[str(c) for c in candidates]}. "
+                            f"Set data.raw_dir or CTRSCALE_DATA.")
+
+
+def prepare(name: str, raw_dir: str | None = None, out: str | Path | None = None, force: bool = False,
+            **options) -> tuple[Path, dict | None]:
+    """Prepare a named dataset (a no-op when already prepared); returns (prepared folder, report or None)."""
+    if name == "synthetic":
+        from .synthetic import prepare_synthetic
+        suffix = "-".join(f"{k}{v}" for k, v in sorted(options.items()))
+        out = Path(out) if out else home() / "prepared" / ("synthetic" + (f"-{suffix}" if suffix else ""))
+        return out, prepare_synthetic(out, force=force, **options)
+    if name in RAW_FOLDERS:
+        if options:
+            raise ValueError(f"{name} takes no options, got {sorted(options)}")
+        from .movielens import prepare_movielens
+        out = Path(out) if out else home() / "prepared" / name
+        return out, prepare_movielens(name, find_raw(name, raw_dir), out, force=force)
+    raise KeyError(f"unknown dataset {name!r}; known: {NAMES} (or give a prepared folder as data.path)")
+
+
+def open_dataset(name: str | None = None, path: str | None = None, raw_dir: str | None = None,
+                 options: dict | None = None) -> PreparedDataset:
+    if path:
+        return PreparedDataset(path)
+    out, _ = prepare(name, raw_dir=raw_dir, **(options or {}))
+    return PreparedDataset(out)

@@ -1,0 +1,40 @@
+"""DIN (Zhou et al., 2018): target attention of the candidate over the history, padding masked."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..batch import Batch
+from ..data.dataset import DataSpec
+from .base import CTRModel
+from .layers import MLP, FeatureEmbedding, TargetAttention
+from .registry import register
+
+
+@dataclass
+class DINConfig:
+    embed_dim: int = 16
+    hidden: tuple[int, ...] = (200, 80)
+    attention_hidden: tuple[int, ...] = (80, 40)
+    attention_softmax: bool = False  # the paper leaves weights unnormalised
+    dropout: float = 0.0
+
+
+@register("din", DINConfig, "DIN: candidate-to-history target attention")
+class DIN(CTRModel):
+    def __init__(self, spec: DataSpec, cfg: DINConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.emb = FeatureEmbedding(spec, cfg.embed_dim)
+        d_hist = len(spec.hist) * cfg.embed_dim
+        self.attention = TargetAttention(d_hist, cfg.attention_hidden, cfg.attention_softmax)
+        self.head = MLP(self.emb.out_flat + d_hist, cfg.hidden, 1, cfg.dropout)
+
+    def forward(self, batch: Batch) -> Tensor:
+        keys = self.emb.hist(batch.hist).flatten(-2)                       # (B, L, D)
+        query = self.emb.candidate_as_behavior(batch.sparse).flatten(-2)   # (B, D)
+        interest = self.attention(query, keys, batch.hist_mask)            # (B, D)
+        x = torch.cat([self.emb.flat(batch.sparse, batch.dense), interest], -1)
+        return self.head(x).squeeze(-1)

@@ -1,0 +1,104 @@
+"""Layers shared by the models: feature embeddings, MLPs, masked pooling, target attention."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..data.dataset import DataSpec
+
+
+class FeatureEmbedding(nn.Module):
+    """One embedding table per vocabulary (a behavior field shares its item field's table), and a per-field
+    affine map for numeric fields, all of width `dim`. Id 0 (padding) embeds to zeros."""
+
+    def __init__(self, spec: DataSpec, dim: int, init_std: float = 0.01):
+        super().__init__()
+        self.spec, self.dim = spec, dim
+        used = {spec.field_vocab[f] for f in spec.sparse} | {spec.field_vocab[f"hist.{h}"] for h in spec.hist}
+        self.tables = nn.ModuleDict({_key(v): nn.Embedding(spec.vocab_sizes[v], dim, padding_idx=0)
+                                     for v in sorted(used)})
+        for t in self.tables.values():
+            nn.init.normal_(t.weight, std=init_std)
+            with torch.no_grad():
+                t.weight[0].zero_()
+        self._sparse_tables = [_key(spec.field_vocab[f]) for f in spec.sparse]
+        self._hist_tables = [_key(spec.field_vocab[f"hist.{h}"]) for h in spec.hist]
+        self.num_weight = nn.Parameter(torch.randn(len(spec.dense), dim) * init_std)
+        self.num_bias = nn.Parameter(torch.zeros(len(spec.dense), dim))
+        align = spec.hist_to_sparse
+        self.register_buffer("_align", torch.tensor([max(a, 0) for a in align], dtype=torch.long), persistent=False)
+        self.register_buffer("_align_ok", torch.tensor([a >= 0 for a in align]), persistent=False)
+
+    def sparse(self, ids: Tensor) -> Tensor:  # (B, F_sparse) -> (B, F_sparse, d)
+        return torch.stack([self.tables[t](ids[..., i]) for i, t in enumerate(self._sparse_tables)], -2)
+
+    def numeric(self, x: Tensor) -> Tensor:  # (B, F_dense) -> (B, F_dense, d)
+        return x.unsqueeze(-1) * self.num_weight + self.num_bias
+
+    def hist(self, ids: Tensor) -> Tensor:  # (B, L, F_hist) -> (B, L, F_hist, d)
+        return torch.stack([self.tables[t](ids[..., j]) for j, t in enumerate(self._hist_tables)], -2)
+
+    def candidate_as_behavior(self, sparse_ids: Tensor) -> Tensor:
+        """The candidate in the behavior field slots: (B, F_sparse) -> (B, F_hist, d). A behavior field with
+        no candidate counterpart (a rating, an action) gets zeros."""
+        ids = sparse_ids[..., self._align] * self._align_ok
+        return self.hist(ids)
+
+    @property
+    def out_flat(self) -> int:
+        """Width of [flattened sparse, flattened numeric] embeddings."""
+        return (len(self.spec.sparse) + len(self.spec.dense)) * self.dim
+
+    def flat(self, sparse_ids: Tensor, dense: Tensor) -> Tensor:
+        return torch.cat([self.sparse(sparse_ids).flatten(-2), self.numeric(dense).flatten(-2)], -1)
+
+
+def _key(vocab: str) -> str:
+    return vocab.replace(".", "__")  # ModuleDict keys cannot contain dots
+
+
+def is_embedding_param(name: str) -> bool:
+    """Parameters that belong to embedding tables (the "sparse" parameters of the seeds)."""
+    return ".tables." in f".{name}" or name.startswith("tables.")
+
+
+class MLP(nn.Sequential):
+    def __init__(self, d_in: int, hidden: tuple[int, ...], d_out: int | None = 1, dropout: float = 0.0,
+                 activation: type[nn.Module] = nn.ReLU):
+        layers: list[nn.Module] = []
+        for h in hidden:
+            layers += [nn.Linear(d_in, h), activation()] + ([nn.Dropout(dropout)] if dropout else [])
+            d_in = h
+        if d_out is not None:
+            layers.append(nn.Linear(d_in, d_out))
+        super().__init__(*layers)
+
+
+def masked_mean(x: Tensor, mask: Tensor, dim: int) -> Tensor:
+    """Mean over `dim` of x where mask is True; zeros (never NaN) where nothing is valid."""
+    m = mask.unsqueeze(-1).to(x.dtype)
+    return (x * m).sum(dim) / m.sum(dim).clamp_min(1.0)
+
+
+def masked_softmax(scores: Tensor, mask: Tensor, dim: int = -1) -> Tensor:
+    """Softmax over valid positions; all-masked rows give all-zero weights instead of NaN."""
+    scores = scores.masked_fill(~mask, float("-inf"))
+    w = torch.softmax(scores, dim)
+    return torch.nan_to_num(w, nan=0.0)
+
+
+class TargetAttention(nn.Module):
+    """DIN's local activation unit: weight each behavior by an MLP of [q, k, q - k, q * k] and sum.
+    Weights are not normalised by default (the DIN paper keeps the intensity of interest); softmax optional."""
+
+    def __init__(self, dim: int, hidden: tuple[int, ...] = (80, 40), softmax: bool = False):
+        super().__init__()
+        self.mlp = MLP(4 * dim, hidden, 1, activation=nn.ReLU)
+        self.softmax = softmax
+
+    def forward(self, q: Tensor, keys: Tensor, mask: Tensor) -> Tensor:
+        # q (B, D), keys (B, L, D), mask (B, L) -> (B, D)
+        qe = q.unsqueeze(1).expand_as(keys)
+        w = self.mlp(torch.cat([qe, keys, qe - keys, qe * keys], -1)).squeeze(-1)  # (B, L)
+        w = masked_softmax(w, mask) if self.softmax else w * mask
+        return torch.einsum("bl,bld->bd", w, keys)

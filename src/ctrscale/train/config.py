@@ -1,0 +1,91 @@
+"""The run config: typed sections, loaded from YAML with `key=value` overrides, saved resolved beside results."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ..typed import ConfigError, apply_overrides, from_dict, to_dict
+
+
+@dataclass
+class DataSection:
+    name: str | None = "synthetic"   # a catalog name (synthetic, ml100k-ctr-v1, ml1m-u2999-ctr-v1) ...
+    path: str | None = None          # ... or a prepared folder
+    raw_dir: str | None = None
+    options: dict = field(default_factory=dict)  # preparer options (synthetic sizes)
+    max_len: int | None = None       # default: the dataset's
+    batch_size: int = 1024
+    eval_batch_size: int = 4096
+    num_workers: int = 0
+
+
+@dataclass
+class OptimSection:
+    optimizer: str = "adam"          # adam | adamw
+    lr: float = 1e-3                 # dense parameters
+    weight_decay: float = 0.0
+    emb_lr: float = 1e-3             # embedding ("sparse") parameters
+    emb_weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    schedule: str = "constant"       # constant | cosine | linear (decay to 0 over the run), after warm-up
+    warmup_steps: int = 0
+    grad_clip: float = 10.0          # max global grad norm; 0 disables
+
+
+@dataclass
+class TrainSection:
+    epochs: int = 3
+    seed: int = 0
+    patience: int = 1                # epochs without a better validation AUC before stopping
+    checkpoint_every: int = 200      # steps between mid-epoch checkpoints (0: only at epoch ends)
+    max_steps: int = 0               # stop (resumably) after this many steps in this process; 0: no limit
+    log_every: int = 50
+    device: str = "auto"             # auto | cpu | cuda
+    precision: str = "auto"          # auto (bf16 autocast on GPU) | fp32 | bf16
+    progress: bool = True
+    threads: int = 0                 # torch intra-op threads; 0 leaves the default
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    out_dir: str = "runs"
+    model: dict = field(default_factory=lambda: {"name": "din"})
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    train: TrainSection = field(default_factory=TrainSection)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+    def validate(self) -> "RunConfig":
+        if self.optim.optimizer not in ("adam", "adamw"):
+            raise ConfigError(f"optim.optimizer: adam or adamw, got {self.optim.optimizer!r}")
+        if self.optim.schedule not in ("constant", "cosine", "linear"):
+            raise ConfigError(f"optim.schedule: constant, cosine or linear, got {self.optim.schedule!r}")
+        if self.train.precision not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"train.precision: auto, fp32 or bf16, got {self.train.precision!r}")
+        if "name" not in self.model:
+            raise ConfigError("model.name is required")
+        return self
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = (), base: dict | None = None) -> RunConfig:
+    raw = dict(base or {})
+    if path is not None:
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+        raw.update(loaded)
+    raw = apply_overrides(raw, list(overrides))
+    return from_dict(RunConfig, raw, str(path or "config")).validate()
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,277 @@
+"""The pointwise training recipe: the loop lives here, models only define forward().
+
+A run directory holds config.yaml (resolved), data_spec.json, metrics.csv, tb/ (TensorBoard), last.pt (the
+resumable state, written atomically every `checkpoint_every` steps and at each epoch end), best.pt (the weights
+with the best validation AUC) and results.json. `fit(cfg, resume=True)` continues from last.pt and reproduces
+an uninterrupted run exactly: the data order is a function of (seed, epoch) and every RNG state is saved.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import metrics
+from ..accounting import count_params, inference_flops, training_flops_per_impression
+from ..data.catalog import open_dataset
+from ..data.loader import Loader, LoaderConfig
+from ..models.layers import is_embedding_param
+from ..models.registry import build_model
+from ..typed import to_dict
+from .config import RunConfig, save_config
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def autocast_for(device: torch.device, precision: str):
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def make_optimizer(model: nn.Module, o) -> torch.optim.Optimizer:
+    """Embedding tables and dense parameters in separate groups with their own lr and weight decay."""
+    emb = [p for n, p in model.named_parameters() if p.requires_grad and is_embedding_param(n)]
+    dense = [p for n, p in model.named_parameters() if p.requires_grad and not is_embedding_param(n)]
+    groups = [{"params": dense, "lr": o.lr, "weight_decay": o.weight_decay, "name": "dense"},
+              {"params": emb, "lr": o.emb_lr, "weight_decay": o.emb_weight_decay, "name": "embedding"}]
+    cls = torch.optim.AdamW if o.optimizer == "adamw" else torch.optim.Adam
+    return cls([g for g in groups if g["params"]], betas=tuple(o.betas))
+
+
+def make_schedule(opt, o, total_steps: int):
+    def factor(step: int) -> float:
+        if o.warmup_steps and step < o.warmup_steps:
+            return (step + 1) / o.warmup_steps
+        frac = min(1.0, (step - o.warmup_steps) / max(1, total_steps - o.warmup_steps))
+        if o.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * frac))
+        if o.schedule == "linear":
+            return 1.0 - frac
+        return 1.0
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data, split: str, max_len: int, batch_size: int, device: torch.device,
+            precision: str = "auto", num_workers: int = 0) -> dict[str, np.ndarray]:
+    """Probabilities for a whole split, in its stored order, with labels and user keys."""
+    was = model.training
+    model.eval()
+    loader = Loader(data, split, LoaderConfig(batch_size=batch_size, max_len=max_len, shuffle=False,
+                                              num_workers=num_workers))
+    probs, labels, users = [], [], []
+    for batch in loader.epoch(0):
+        batch = batch.to(device)
+        with autocast_for(device, precision):
+            logits = model(batch)
+        probs.append(torch.sigmoid(logits.float()).cpu())
+        labels.append(batch.label.cpu())
+        users.append(batch.user.cpu())
+    model.train(was)
+    cat = lambda xs: torch.cat(xs).numpy() if xs else np.zeros(0)  # noqa: E731
+    return {"prob": cat(probs), "label": cat(labels), "user": cat(users)}
+
+
+def evaluate(model, data, split, max_len, batch_size, device, precision="auto") -> dict:
+    p = predict(model, data, split, max_len, batch_size, device, precision)
+    return metrics.evaluate(p["label"], p["prob"], p["user"])
+
+
+class MetricLog:
+    """metrics.csv + TensorBoard; on resume, rows past the checkpoint's step are dropped from both."""
+
+    FIELDS = ["step", "epoch", "split", "loss", "auc", "gauc", "uauc", "logloss", "lr", "impressions_per_s"]
+
+    def __init__(self, run_dir: Path, resume_step: int):
+        self.path = run_dir / "metrics.csv"
+        rows = []
+        if resume_step and self.path.exists():
+            with open(self.path) as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+        with open(self.path, "w", newline="") as f:
+            w = csv.DictWriter(f, self.FIELDS)
+            w.writeheader()
+            w.writerows(rows)
+        self.tb = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step or None)
+        except ImportError:  # tensorboard is a declared dependency; stay usable without it
+            pass
+
+    def log(self, step: int, epoch: int, split: str, **values) -> None:
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, self.FIELDS).writerow({"step": step, "epoch": epoch, "split": split, **values})
+        if self.tb:
+            for k, v in values.items():
+                if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v)):
+                    self.tb.add_scalar(f"{split}/{k}", v, step)
+
+    def close(self) -> None:
+        if self.tb:
+            self.tb.close()
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def _set_rng_state(s: dict) -> None:
+    torch.set_rng_state(s["torch"])
+    random.setstate(s["python"])
+    if s.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def fit(cfg: RunConfig, resume: bool = False) -> dict:
+    """Train, early-stop on validation AUC, evaluate the best weights on test. Returns results.json's content."""
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    device = resolve_device(cfg.train.device)
+    data = open_dataset(cfg.data.name, cfg.data.path, cfg.data.raw_dir, cfg.data.options)
+    max_len = cfg.data.max_len or data.spec.max_len
+    torch.manual_seed(cfg.train.seed)
+    random.seed(cfg.train.seed)
+    model = build_model(data.spec, cfg.model).to(device)
+    opt = make_optimizer(model, cfg.optim)
+    train_loader = Loader(data, "train", LoaderConfig(cfg.data.batch_size, max_len, cfg.data.num_workers,
+                                                      shuffle=True), seed=cfg.train.seed)
+    steps_per_epoch = train_loader.steps_per_epoch()
+    sched = make_schedule(opt, cfg.optim, steps_per_epoch * cfg.train.epochs)
+    st = {"epoch": 0, "step_in_epoch": 0, "step": 0, "best_auc": -1.0, "best_epoch": -1, "bad_epochs": 0,
+          "epochs": [], "train_seconds": 0.0, "impressions": 0, "done": False}
+    last = run_dir / "last.pt"
+    if resume and last.exists():
+        ck = torch.load(last, weights_only=False)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optim"])
+        sched.load_state_dict(ck["sched"])
+        _set_rng_state(ck["rng"])
+        st = ck["state"]
+        if st["done"] and (run_dir / "results.json").exists():
+            return json.loads((run_dir / "results.json").read_text())
+    save_config(cfg, run_dir / "config.yaml")
+    (run_dir / "data_spec.json").write_text(json.dumps({**data.spec.to_dict(), "max_len_used": max_len}, indent=1))
+    log = MetricLog(run_dir, st["step"])
+
+    def checkpoint():
+        atomic_save({"model": model.state_dict(), "optim": opt.state_dict(), "sched": sched.state_dict(),
+                     "rng": _rng_state(), "state": st, "config": cfg.to_dict()}, last)
+
+    steps_this_process = 0
+    model.train()
+    while st["epoch"] < cfg.train.epochs and not st["done"]:
+        epoch = st["epoch"]
+        batches = train_loader.epoch(epoch, start_step=st["step_in_epoch"])
+        bar = _progress(cfg, steps_per_epoch, st["step_in_epoch"], f"epoch {epoch + 1}/{cfg.train.epochs}")
+        t0, seen, loss_sum, loss_n = time.perf_counter(), 0, 0.0, 0
+        for batch in batches:
+            batch = batch.to(device, non_blocking=True)
+            with autocast_for(device, cfg.train.precision):
+                logits = model(batch)
+            loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), batch.label)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.optim.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            opt.step()
+            sched.step()
+            st["step"] += 1
+            st["step_in_epoch"] += 1
+            steps_this_process += 1
+            seen += len(batch)
+            loss_sum, loss_n = loss_sum + loss.item(), loss_n + 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+            if st["step"] % cfg.train.log_every == 0:
+                log.log(st["step"], epoch, "train", loss=loss_sum / loss_n, lr=sched.get_last_lr()[0])
+                loss_sum, loss_n = 0.0, 0
+            if cfg.train.checkpoint_every and st["step"] % cfg.train.checkpoint_every == 0:
+                checkpoint()
+            if cfg.train.max_steps and steps_this_process >= cfg.train.max_steps:
+                break
+        dt = time.perf_counter() - t0
+        st["train_seconds"] += dt
+        st["impressions"] += seen
+        if bar is not None:
+            bar.close()
+        if cfg.train.max_steps and steps_this_process >= cfg.train.max_steps and \
+                st["step_in_epoch"] < steps_per_epoch:
+            checkpoint()
+            log.close()
+            return {"stopped_at_step": st["step"], "run_dir": str(run_dir)}
+        m = evaluate(model, data, "valid", max_len, cfg.data.eval_batch_size, device, cfg.train.precision)
+        log.log(st["step"], epoch, "valid", auc=m["auc"], gauc=m.get("gauc"), uauc=m.get("uauc"),
+                logloss=m["logloss"], impressions_per_s=seen / dt if dt else None)
+        st["epochs"].append({"epoch": epoch + 1, "step": st["step"], **{f"valid_{k}": v for k, v in m.items()}})
+        if m["auc"] > st["best_auc"]:
+            st.update(best_auc=m["auc"], best_epoch=epoch + 1, bad_epochs=0)
+            atomic_save(model.state_dict(), run_dir / "best.pt")
+        else:
+            st["bad_epochs"] += 1
+        st["epoch"] += 1
+        st["step_in_epoch"] = 0
+        if st["bad_epochs"] >= cfg.train.patience or st["epoch"] >= cfg.train.epochs:
+            st["done"] = True
+        checkpoint()
+        _say(cfg, f"epoch {epoch + 1}: valid AUC {m['auc']:.4f} GAUC {m.get('gauc', float('nan')):.4f} "
+                  f"logloss {m['logloss']:.4f}")
+    log.close()
+    results = finish(cfg, model, data, max_len, device, st, train_loader)
+    (run_dir / "results.json").write_text(json.dumps(results, indent=1))
+    return results
+
+
+def finish(cfg, model, data, max_len, device, st, train_loader) -> dict:
+    model.load_state_dict(torch.load(cfg.run_dir / "best.pt", weights_only=True))
+    test = evaluate(model, data, "test", max_len, cfg.data.eval_batch_size, device, cfg.train.precision)
+    valid = st["epochs"][st["best_epoch"] - 1]
+    sample = next(iter(Loader(data, "valid", LoaderConfig(batch_size=60, max_len=max_len, shuffle=False))))
+    sample = sample.to(device)
+    return {"name": cfg.name, "model": cfg.model["name"], "dataset": data.spec.name, "max_len": max_len,
+            "seed": cfg.train.seed, "best_epoch": st["best_epoch"], "epochs_run": len(st["epochs"]),
+            "valid": {k[6:]: v for k, v in valid.items() if k.startswith("valid_")},
+            "test": test, "epochs": st["epochs"], "params": count_params(model),
+            "inference_gflops_per_60": inference_flops(model, sample) / 1e9,
+            "train_flops_per_impression": training_flops_per_impression(model, sample),
+            "train_impressions_per_s": st["impressions"] / st["train_seconds"] if st["train_seconds"] else None,
+            "train_seconds": st["train_seconds"], "config": cfg.to_dict()}
+
+
+def _progress(cfg, total, initial, desc):
+    if not cfg.train.progress:
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def _say(cfg, msg: str) -> None:
+    if cfg.train.progress:
+        print(msg, flush=True)
+
+
+__all__ = ["fit", "evaluate", "predict", "make_optimizer", "make_schedule", "to_dict"]

@@ -1,0 +1,34 @@
+"""The command line, end to end on small data."""
+from __future__ import annotations
+
+import json
+
+from conftest import raw_dir
+from ctrscale.cli import main
+
+
+def test_ls_prints_the_registry(capsys):
+    assert main(["ls"]) == 0
+    out = capsys.readouterr().out
+    assert "mlp" in out and "din" in out
+
+
+def test_prepare_twice_is_a_noop(tmp_path, capsys):
+    args = ["data", "prepare", "ml100k-ctr-v1", "--raw-dir", str(raw_dir("ml-100k")), "--out", str(tmp_path / "d")]
+    assert main(args) == 0
+    assert "80,000" in capsys.readouterr().out
+    assert main(args) == 0
+    assert "already prepared" in capsys.readouterr().out
+
+
+def test_train_then_eval(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"name: t\nout_dir: {tmp_path}\nmodel: {{name: din, embed_dim: 8}}\n"
+                   f"data: {{name: ml100k-ctr-v1, raw_dir: {raw_dir('ml-100k')}, batch_size: 2048}}\n"
+                   "train: {epochs: 1, progress: false}\n")
+    assert main(["train", "--config", str(cfg), "train.seed=3"]) == 0
+    assert "test AUC" in capsys.readouterr().out
+    assert main(["eval", str(tmp_path / "t"), "--split", "test"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    saved = json.loads((tmp_path / "t" / "results.json").read_text())
+    assert metrics["auc"] == saved["test"]["auc"] and saved["config"]["train"]["seed"] == 3

@@ -1,0 +1,105 @@
+"""The contract every registered model must pass (shared/spec/style.md): it runs over the whole registry,
+so a model added later is checked without touching this file."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from ctrscale.batch import RequestBatch
+from ctrscale.data.loader import Loader, LoaderConfig
+from ctrscale.models.registry import build_model, default_config, entries
+from ctrscale.typed import ConfigError
+
+MODELS = sorted(entries())
+
+
+def _batch(data, n=64, max_len=20, split="train"):
+    loader = Loader(data, split, LoaderConfig(batch_size=n, max_len=max_len, shuffle=True), seed=1)
+    return next(iter(loader))
+
+
+def _model(name, data, seed=0):
+    torch.manual_seed(seed)
+    return build_model(data.spec, {"name": name}).eval()
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_forward_shapes_and_finite(name, tiny):
+    b = _batch(tiny)
+    out = _model(name, tiny)(b)
+    assert out.shape == (len(b),) and out.dtype == torch.float32
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("max_len", [1, 7, 33])
+def test_any_history_length_and_batch_of_one(name, tiny, max_len):
+    b = _batch(tiny, n=1, max_len=max_len)
+    assert torch.isfinite(_model(name, tiny)(b)).all()
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_no_nan_on_all_padding(name, tiny):
+    b = _batch(tiny)
+    b = dataclasses.replace(b, hist=torch.zeros_like(b.hist), hist_time=torch.zeros_like(b.hist_time))
+    out = _model(name, tiny)(b)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_padding_is_ignored(name, tiny):
+    """Whatever ids sit in padded slots (hist_time == 0), the output is the same."""
+    b = _batch(tiny)
+    model = _model(name, tiny)
+    pad = ~b.hist_mask
+    assert pad.any()
+    noisy = b.hist.clone()
+    noisy[pad] = torch.randint(2, 50, noisy[pad].shape)
+    torch.testing.assert_close(model(dataclasses.replace(b, hist=noisy)), model(b))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_loss_decreases_on_a_tiny_batch(name, tiny):
+    b = _batch(tiny, n=64)
+    model = _model(name, tiny).train()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    loss_fn = torch.nn.functional.binary_cross_entropy_with_logits
+    first = loss_fn(model(b), b.label).item()
+    for _ in range(40):
+        opt.zero_grad()
+        loss = loss_fn(model(b), b.label)
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.7 * first
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_save_load_round_trip(name, tiny, tmp_path):
+    b = _batch(tiny)
+    model = _model(name, tiny, seed=0)
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    other = _model(name, tiny, seed=123)
+    other.load_state_dict(torch.load(tmp_path / "m.pt", weights_only=True))
+    torch.testing.assert_close(other(b), model(b))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_request_scoring_equals_pointwise(name, tiny):
+    loader = Loader(tiny, "valid", LoaderConfig(batch_size=128, max_len=20, listwise=True, shuffle=True), seed=3)
+    rb = next(iter(loader))
+    assert isinstance(rb, RequestBatch) and rb.num_candidates > 1
+    model = _model(name, tiny)
+    with torch.no_grad():
+        by_request = model.score_request(rb)[rb.mask]
+        pointwise = model(rb.flat())
+    torch.testing.assert_close(by_request, pointwise, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_misspelled_config_key_is_an_error(name, tiny):
+    cfg = default_config(name)
+    cfg["definitely_not_a_key"] = 1
+    with pytest.raises(ConfigError, match="definitely_not_a_key"):
+        build_model(tiny.spec, cfg)
