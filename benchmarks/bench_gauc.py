@@ -14,19 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from common import machine
 
-try:
-    from ctrscale import metrics
-except ImportError:  # package not installed: run from the source tree
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    from ctrscale import metrics
+from ctrscale import metrics
 
 
 def make_data(n: int, groups: int, seed: int):
@@ -92,13 +87,8 @@ def main(argv=None) -> dict:
             "groups_skipped": res.groups_skipped,
             "auc": auc_value,
         },
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-        },
+        # Load average: other work on the machine is the main source of noise in these timings.
+        "machine": {**machine(), "numpy": np.__version__, "load_avg_1m_at_end": os.getloadavg()[0]},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

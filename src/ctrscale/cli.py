@@ -1,4 +1,4 @@
-"""Command line: `ctrscale ls | data prepare | train | eval | demo`."""
+"""Command line: `ctrscale ls | data prepare | train | eval | compare | demo`."""
 from __future__ import annotations
 
 import argparse
@@ -82,6 +82,12 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from .compare import run_compare
+    run_compare(args.data, args.models, args.seeds, Path(args.out), args.overrides, args.config)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ctrscale", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -113,6 +119,15 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--split", default="test", choices=["train", "valid", "test"])
     s.add_argument("--checkpoint", default="best", choices=["best", "last"])
     s.set_defaults(fn=cmd_eval)
+
+    s = sub.add_parser("compare", help="models x seeds on one dataset, with paired tests")
+    s.add_argument("--data", required=True, help="dataset name (see `data prepare`)")
+    s.add_argument("--models", nargs="+", required=True, help="the first one is the baseline")
+    s.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    s.add_argument("--out", default="runs/compare")
+    s.add_argument("--config", help="base run config YAML")
+    s.add_argument("overrides", nargs="*", help="dotted overrides for every run")
+    s.set_defaults(fn=cmd_compare)
 
     s = sub.add_parser("demo", help="the main job: prepare the synthetic default, train every model, compare")
     s.add_argument("--out", default="reports/demo")

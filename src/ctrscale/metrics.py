@@ -4,10 +4,11 @@ One definition each, as in spec/metrics.md. Everything is numpy, vectorised (sor
 never a Python loop over groups or impressions), and independent of the order of the input rows, so a
 prediction set gathered from several processes gives the same figures as one process.
 
-AUC counts ties one half. Rather than average ranks we count, per block of tied scores, the negatives
-strictly below it plus half the negatives inside it; this is the same number (Mann-Whitney U), works
-unchanged with weights, and in integer arithmetic is exact (hence order-independent) for any data size
-that fits in memory.
+AUC counts ties one half. Rather than average ranks we count, for each positive, the negatives strictly
+below it plus half the negatives tied with it; this is the same number (Mann-Whitney U), works unchanged
+with weights, and in integer arithmetic is exact (hence order-independent) for any data size that fits
+in memory. GAUC sorts one packed int64 key (group | score | label) per row, see
+_sorted_group_score_label_keys.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ __all__ = [
 ]
 
 LOGLOSS_EPS = 1e-7
-# Bootstrap working set: elements per (replicates x impressions) float64 array. A few such arrays are
+# Bootstrap working set: elements per (tie blocks x replicates) float64 array. A few such arrays are
 # alive at once, so ~5M elements keeps the bootstrap's peak memory in the low hundreds of MB.
 _CHUNK_ELEMS = 5_000_000
 
@@ -42,7 +43,7 @@ _CHUNK_ELEMS = 5_000_000
 
 
 def _as_labels(labels) -> np.ndarray:
-    """0/1 labels as int8: permutation gathers of 1-byte labels stay in cache (sums use dtype=int64)."""
+    """0/1 labels as int8 (1 byte per row at 10M+ rows; every sum over them is taken in int64)."""
     y = np.asarray(labels).reshape(-1)
     if y.dtype == bool:
         return y.view(np.int8)
@@ -203,7 +204,8 @@ def _sorted_group_score_label_keys(y: np.ndarray, s: np.ndarray, g: np.ndarray) 
     if np.issubdtype(g.dtype, np.integer):
         gmin, gmax = int(g.min()), int(g.max())
         if (gmax - gmin).bit_length() + sbits + 1 <= 63:  # fits as is: skip the cost of np.unique
-            gcode = g.astype(np.int64) - gmin
+            # Unsigned ids may exceed int64: offset them in their own dtype first (no overflow there).
+            gcode = (g - g.min()).astype(np.int64) if g.dtype.kind == "u" else g.astype(np.int64) - gmin
     if gcode is None:
         uniq, gcode = np.unique(g, return_inverse=True)
         gcode = gcode.reshape(-1).astype(np.int64)
@@ -387,7 +389,7 @@ def _block_group_matrices(y: np.ndarray, scores: np.ndarray, codes: np.ndarray, 
 
 
 def _bootstrap_counts(rng: np.random.Generator, n_groups: int, size: int) -> np.ndarray:
-    """(n_groups, size) counts: how often each group is drawn in each of `size` resamples of n_groups groups."""
+    """(n_groups, size): how often each group is drawn in each of `size` resamples of n_groups groups."""
     draws = rng.integers(0, n_groups, size=(size, n_groups), dtype=np.int64)
     # One bincount for all replicates, laid out group-major so that counts[codes] is a cheap row gather.
     draws *= size
@@ -396,11 +398,13 @@ def _bootstrap_counts(rng: np.random.Generator, n_groups: int, size: int) -> np.
 
 
 def _interval(x: np.ndarray) -> dict:
-    ok = x[np.isfinite(x)]
+    """95% percentile interval and P(diff <= 0) over the replicates where the metric is defined."""
+    ok = x[np.isfinite(x)]  # a replicate may draw only single-class users: its AUC is undefined
     if ok.size == 0:
         return {"ci95": (math.nan, math.nan), "p_one_sided": math.nan, "valid_replicates": 0}
     lo, hi = np.percentile(ok, [2.5, 97.5])
-    return {"ci95": (float(lo), float(hi)), "p_one_sided": float(np.mean(ok <= 0)), "valid_replicates": int(ok.size)}
+    return {"ci95": (float(lo), float(hi)), "p_one_sided": float(np.mean(ok <= 0)),
+            "valid_replicates": int(ok.size)}
 
 
 def paired_bootstrap(

@@ -193,10 +193,10 @@ def _parse_float(arr) -> tuple[np.ndarray, np.ndarray]:
     t = arr.type
     if pa.types.is_timestamp(t):
         unit = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}[t.unit]
-        v = pc.cast(pc.cast(arr, pa.int64()), pa.float64())
+        v = pc.cast(pc.cast(arr, pa.int64()), pa.float64(), safe=False)
         v = pc.divide(v, float(unit)) if unit != 1 else v
     elif pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_decimal(t):
-        v = pc.cast(arr, pa.float64())
+        v = pc.cast(arr, pa.float64(), safe=False)  # huge integers round; range checks come later
     else:
         s = pc.utf8_trim_whitespace(_as_str(arr))
         present = _np_bool(pc.not_equal(s, ""))
@@ -219,6 +219,8 @@ def _split_seq(arr, sep: str) -> tuple[np.ndarray, object]:
 
 
 def _short(v) -> str:
+    if v is None:
+        return "null"
     r = repr(v)
     return r if len(r) <= 80 else r[:77] + "..."
 
@@ -285,7 +287,9 @@ def _parse_file(raw: _Raw, schema: Schema, split_col: str | None) -> tuple[_Part
                          lambda k: f"field {schema.label!r}: expected 0 or 1, got {val(schema.label, k)}"))
 
     ts, present = _parse_float(col(schema.time))
-    tmsg = lambda k: f"field {schema.time!r}: expected unix seconds (a positive integer), got {val(schema.time, k)}"  # noqa: E731
+    def tmsg(k):
+        return f"field {schema.time!r}: expected unix seconds (a positive integer), got {val(schema.time, k)}"
+
     checks.append(_Check("timestamp missing", ~present, lambda k: f"field {schema.time!r}: missing timestamp"))
     with np.errstate(invalid="ignore"):
         integral = np.isfinite(ts) & (np.floor(ts) == ts) & (np.abs(ts) < _MAX_INT)

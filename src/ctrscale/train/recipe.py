@@ -248,7 +248,9 @@ def fit(cfg: RunConfig, resume: bool = False) -> dict:
 
 def finish(cfg, model, data, max_len, device, st, train_loader) -> dict:
     model.load_state_dict(torch.load(cfg.run_dir / "best.pt", weights_only=True))
-    test = evaluate(model, data, "test", max_len, cfg.data.eval_batch_size, device, cfg.train.precision)
+    pred = predict(model, data, "test", max_len, cfg.data.eval_batch_size, device, cfg.train.precision)
+    np.savez_compressed(cfg.run_dir / "test_predictions.npz", **pred)  # for paired tests between models
+    test = metrics.evaluate(pred["label"], pred["prob"], pred["user"])
     valid = st["epochs"][st["best_epoch"] - 1]
     sample = next(iter(Loader(data, "valid", LoaderConfig(batch_size=60, max_len=max_len, shuffle=False))))
     sample = sample.to(device)

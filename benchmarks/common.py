@@ -1,0 +1,41 @@
+"""Helpers shared by the benchmark scripts: machine description, interleaved timing, JSON output."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+
+def machine() -> dict:
+    return {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
+            "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def median_time(fn, repeats: int = 5, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def matmul_peak_flops(n: int = 2048, repeats: int = 5) -> float:
+    """The machine's measured fp32 matmul peak (FLOP/s), the yardstick for achieved model FLOP/s."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    return 2 * n ** 3 / median_time(lambda: a @ b, repeats)
+
+
+def write(result: dict, out: str | Path) -> None:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({**result, "machine": machine()}, indent=1))
+    print(json.dumps(result, indent=1))

@@ -1,0 +1,94 @@
+"""Compare models over several seeds on one dataset, with paired tests (shared/spec/metrics.md).
+
+    ctrscale compare --data ml100k-ctr-v1 --models mlp din --seeds 0 1 2 [key=value ...]
+
+Each (model, seed) is an ordinary training run under <out>/<model>-s<seed> (finished runs are reused, so a
+stopped comparison continues). The report gives test AUC / GAUC / logloss as mean ± std over seeds and, for each
+model against the first one, a paired t-test over seeds and a paired bootstrap over users of the seed-averaged
+test predictions."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from . import metrics
+from .demo import markdown_table
+from .train.config import load_config
+from .train.recipe import fit
+
+
+def run_compare(data: str, models: list[str], seeds: list[int], out: Path, overrides: list[str] = (),
+                config: str | None = None, progress: bool = True) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    runs: dict[str, list[dict]] = {}
+    for model in models:
+        for seed in seeds:
+            name = f"{model}-s{seed}"
+            done = out / name / "results.json"
+            if done.exists():
+                res = json.loads(done.read_text())
+            else:
+                cfg = load_config(config, [f"name={name}", f"out_dir={out}", f"model.name={model}",
+                                           f"data.name={data}", f"train.seed={seed}",
+                                           f"train.progress={str(progress).lower()}", *overrides])
+                res = fit(cfg, resume=True)
+            runs.setdefault(model, []).append(res)
+    report = summarize(runs, out)
+    (out / "comparison.json").write_text(json.dumps(report, indent=1))
+    (out / "comparison.md").write_text(report["markdown"])
+    print(report["markdown"])
+    return report
+
+
+def _mean_std(xs) -> str:
+    xs = np.asarray(xs, float)
+    return f"{xs.mean():.4f} ± {xs.std(ddof=1) if len(xs) > 1 else 0:.4f}"
+
+
+def summarize(runs: dict[str, list[dict]], out: Path) -> dict:
+    models = list(runs)
+    rows, table = [], {}
+    for m in models:
+        rs = runs[m]
+        table[m] = {k: [r["test"][k] for r in rs] for k in ("auc", "gauc", "logloss")}
+        rows.append([m, str(len(rs)), _mean_std(table[m]["auc"]), _mean_std(table[m]["gauc"]),
+                     _mean_std(table[m]["logloss"]), f"{rs[0]['params']['dense']:,}",
+                     f"{np.mean([r['best_epoch'] for r in rs]):.1f}"])
+    md = [f"Test metrics, mean ± std over seeds ({runs[models[0]][0]['dataset']}, max_len "
+          f"{runs[models[0]][0]['max_len']})", "",
+          markdown_table(rows, ["model", "seeds", "AUC", "GAUC", "logloss", "dense params", "best epoch"])]
+    tests = {}
+    base = models[0]
+    preds = {m: _mean_predictions(out, runs[m]) for m in models}
+    for m in models[1:]:
+        seed_auc = metrics.paired_seed_test(table[m]["auc"], table[base]["auc"])
+        seed_gauc = metrics.paired_seed_test(table[m]["gauc"], table[base]["gauc"])
+        boot = None
+        if preds[m] is not None and preds[base] is not None:
+            p, b = preds[m], preds[base]
+            boot = metrics.paired_bootstrap(p["label"], p["prob"], b["prob"], p["user"], n_boot=1000, seed=0)
+        tests[f"{m} - {base}"] = {"auc_seeds": seed_auc, "gauc_seeds": seed_gauc, "bootstrap_users": boot}
+        md += ["", f"**{m} − {base}**: AUC diff {seed_auc['mean_diff']:+.4f} (paired t over seeds p = "
+               f"{seed_auc['p_value']:.3g}, 95% CI {_ci(seed_auc['ci95'])}); GAUC diff "
+               f"{seed_gauc['mean_diff']:+.4f} (p = {seed_gauc['p_value']:.3g}, CI {_ci(seed_gauc['ci95'])})."]
+        if boot:
+            md.append(f"Bootstrap over users of the seed-averaged predictions: AUC diff "
+                      f"{boot['auc']['diff']:+.4f} CI {_ci(boot['auc']['ci95'])}, GAUC diff "
+                      f"{boot['gauc']['diff']:+.4f} CI {_ci(boot['gauc']['ci95'])}.")
+    return {"runs": {m: [{k: r[k] for k in ("seed", "test", "valid", "best_epoch", "params")} for r in rs]
+                     for m, rs in runs.items()}, "tests": tests, "markdown": "\n".join(md) + "\n"}
+
+
+def _ci(ci) -> str:
+    return f"[{ci[0]:+.4f}, {ci[1]:+.4f}]"
+
+
+def _mean_predictions(out: Path, rs: list[dict]) -> dict | None:
+    files = [out / r["name"] / "test_predictions.npz" for r in rs]
+    if not all(f.exists() for f in files):
+        return None
+    loaded = [np.load(f) for f in files]
+    return {"label": loaded[0]["label"], "user": loaded[0]["user"],
+            "prob": np.mean([x["prob"] for x in loaded], axis=0)}
