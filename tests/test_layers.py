@@ -20,11 +20,14 @@ def test_masked_mean_and_softmax_against_loops():
     assert (s[~mask] == 0).all()
 
 
-def test_target_attention_equals_per_sample_loop():
+def test_target_attention_fast_path_equals_reference_and_loop():
     torch.manual_seed(0)
     att = TargetAttention(8, (6, 4)).eval()
     q, keys, mask = torch.randn(3, 8), torch.randn(3, 5, 8), torch.rand(3, 5) > 0.4
     got = att(q, keys, mask)
+    torch.testing.assert_close(got, att.reference(q, keys, mask), rtol=1e-5, atol=1e-6)
+    soft = TargetAttention(8, (6, 4), softmax=True).eval()
+    torch.testing.assert_close(soft(q, keys, mask), soft.reference(q, keys, mask), rtol=1e-5, atol=1e-6)
     for b in range(3):
         acc = torch.zeros(8)
         for j in range(5):
