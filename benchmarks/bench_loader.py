@@ -10,10 +10,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from common import write
+from common import benchmark_datasets, write
 
-from ctrscale.data import catalog
-from ctrscale.data.dataset import PreparedDataset
 from ctrscale.data.loader import Loader, LoaderConfig
 
 
@@ -35,11 +33,7 @@ def main(argv=None):
     ap.add_argument("--batches", type=int, default=150)
     ap.add_argument("--out", default="benchmarks/results/loader.json")
     args = ap.parse_args(argv)
-    sets = {"synthetic": PreparedDataset(catalog.prepare("synthetic")[0])}
-    try:
-        sets["ml100k-ctr-v1"] = PreparedDataset(catalog.prepare("ml100k-ctr-v1")[0])
-    except FileNotFoundError as e:
-        print(f"skipping ml100k-ctr-v1: {e}")
+    sets = benchmark_datasets()
     rows = []
     for name, data in sets.items():
         for max_len in (50, 200):

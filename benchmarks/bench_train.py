@@ -10,11 +10,9 @@ import argparse
 import time
 
 import torch
-from common import matmul_peak_flops, write
+from common import benchmark_datasets, matmul_peak_flops, write
 
 from ctrscale.accounting import training_flops_per_impression
-from ctrscale.data import catalog
-from ctrscale.data.dataset import PreparedDataset
 from ctrscale.data.loader import Loader, LoaderConfig
 from ctrscale.models.registry import build_model, entries
 from ctrscale.train.config import OptimSection
@@ -53,11 +51,7 @@ def main(argv=None):
     ap.add_argument("--out", default="benchmarks/results/train.json")
     args = ap.parse_args(argv)
     peak = matmul_peak_flops()
-    sets = {"synthetic": PreparedDataset(catalog.prepare("synthetic")[0])}
-    try:
-        sets["ml100k-ctr-v1"] = PreparedDataset(catalog.prepare("ml100k-ctr-v1")[0])
-    except FileNotFoundError as e:
-        print(f"skipping ml100k-ctr-v1: {e}")
+    sets = benchmark_datasets()
     rows = []
     for dname, data in sets.items():
         for name in args.models or sorted(entries()):

@@ -34,6 +34,18 @@ def matmul_peak_flops(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n ** 3 / median_time(lambda: a @ b, repeats)
 
 
+def benchmark_datasets() -> dict:
+    """The synthetic default, and ml100k-ctr-v1 where its raw files are found."""
+    from ctrscale.data import catalog
+    from ctrscale.data.dataset import PreparedDataset
+    sets = {"synthetic": PreparedDataset(catalog.prepare("synthetic")[0])}
+    try:
+        sets["ml100k-ctr-v1"] = PreparedDataset(catalog.prepare("ml100k-ctr-v1")[0])
+    except FileNotFoundError as e:
+        print(f"skipping ml100k-ctr-v1: {e}")
+    return sets
+
+
 def write(result: dict, out: str | Path) -> None:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ from .models.registry import entries
 from .train.config import load_config
 from .train.recipe import fit
 
+DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
 COLUMNS = ["model", "test AUC", "test GAUC", "test logloss", "dense params", "GFLOPs/60", "train imp/s"]
 
 
@@ -23,9 +24,9 @@ def run_demo(out: Path, epochs: int = 2, models: list[str] | None = None, option
         print((path / "report.md").read_text())
     results = []
     for name in models or sorted(entries()):
-        cfg = load_config(overrides=[f"name={name}", f"out_dir={out / 'runs'}", f"model.name={name}",
-                                     f"data.path={path}", f"train.epochs={epochs}", f"train.seed={seed}",
-                                     f"train.progress={str(progress).lower()}", "train.patience=2"])
+        cfg = load_config(DEMO_CONFIG, [f"name={name}", f"out_dir={out / 'runs'}", f"model.name={name}",
+                                        f"data.path={path}", f"train.epochs={epochs}", f"train.seed={seed}",
+                                        f"train.progress={str(progress).lower()}"])
         if progress:
             print(f"== {name}")
         results.append(fit(cfg))
@@ -67,6 +68,7 @@ def plot_curves(results: list[dict], path: Path) -> None:
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation AUC")
     ax.set_title("Validation AUC per epoch")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

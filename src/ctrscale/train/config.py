@@ -38,7 +38,8 @@ class OptimSection:
 class TrainSection:
     epochs: int = 3
     seed: int = 0
-    patience: int = 1                # epochs without a better validation AUC before stopping
+    patience: int = 1                # epochs without a better validation metric before stopping
+    early_stop_metric: str = "auc"   # auc | gauc: the validation metric that picks the best epoch
     checkpoint_every: int = 200      # steps between mid-epoch checkpoints (0: only at epoch ends)
     max_steps: int = 0               # stop (resumably) after this many steps in this process; 0: no limit
     log_every: int = 50
@@ -68,6 +69,8 @@ class RunConfig:
             raise ConfigError(f"optim.schedule: constant, cosine or linear, got {self.optim.schedule!r}")
         if self.train.precision not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"train.precision: auto, fp32 or bf16, got {self.train.precision!r}")
+        if self.train.early_stop_metric not in ("auc", "gauc"):
+            raise ConfigError(f"train.early_stop_metric: auc or gauc, got {self.train.early_stop_metric!r}")
         if "name" not in self.model:
             raise ConfigError("model.name is required")
         return self

@@ -2,7 +2,7 @@
 
 A run directory holds config.yaml (resolved), data_spec.json, metrics.csv, tb/ (TensorBoard), last.pt (the
 resumable state, written atomically every `checkpoint_every` steps and at each epoch end), best.pt (the weights
-with the best validation AUC) and results.json. `fit(cfg, resume=True)` continues from last.pt and reproduces
+with the best validation metric) and results.json. `fit(cfg, resume=True)` continues from last.pt and reproduces
 an uninterrupted run exactly: the data order is a function of (seed, epoch) and every RNG state is saved.
 """
 from __future__ import annotations
@@ -145,7 +145,7 @@ def _set_rng_state(s: dict) -> None:
 
 
 def fit(cfg: RunConfig, resume: bool = False) -> dict:
-    """Train, early-stop on validation AUC, evaluate the best weights on test. Returns results.json's content."""
+    """Train, early-stop on a validation metric, evaluate the best weights on test; returns results.json."""
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.train.threads:
@@ -161,7 +161,7 @@ def fit(cfg: RunConfig, resume: bool = False) -> dict:
                                                       shuffle=True), seed=cfg.train.seed)
     steps_per_epoch = train_loader.steps_per_epoch()
     sched = make_schedule(opt, cfg.optim, steps_per_epoch * cfg.train.epochs)
-    st = {"epoch": 0, "step_in_epoch": 0, "step": 0, "best_auc": -1.0, "best_epoch": -1, "bad_epochs": 0,
+    st = {"epoch": 0, "step_in_epoch": 0, "step": 0, "best": -1.0, "best_epoch": -1, "bad_epochs": 0,
           "epochs": [], "train_seconds": 0.0, "impressions": 0, "done": False}
     last = run_dir / "last.pt"
     if resume and last.exists():
@@ -228,8 +228,9 @@ def fit(cfg: RunConfig, resume: bool = False) -> dict:
         log.log(st["step"], epoch, "valid", auc=m["auc"], gauc=m.get("gauc"), uauc=m.get("uauc"),
                 logloss=m["logloss"], impressions_per_s=seen / dt if dt else None)
         st["epochs"].append({"epoch": epoch + 1, "step": st["step"], **{f"valid_{k}": v for k, v in m.items()}})
-        if m["auc"] > st["best_auc"]:
-            st.update(best_auc=m["auc"], best_epoch=epoch + 1, bad_epochs=0)
+        score = m[cfg.train.early_stop_metric]
+        if score > st["best"]:
+            st.update(best=score, best_epoch=epoch + 1, bad_epochs=0)
             atomic_save(model.state_dict(), run_dir / "best.pt")
         else:
             st["bad_epochs"] += 1
