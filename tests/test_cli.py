@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from conftest import raw_dir
 from ctrscale.cli import main
 
@@ -32,3 +34,17 @@ def test_train_then_eval(tmp_path, capsys):
     metrics = json.loads(capsys.readouterr().out)
     saved = json.loads((tmp_path / "t" / "results.json").read_text())
     assert metrics["auc"] == saved["test"]["auc"] and saved["config"]["train"]["seed"] == 3
+
+
+def test_prepare_any_csv_with_a_schema(tmp_path, capsys):
+    from test_generic_prepare import make_rows, write_csv, write_schema
+    rows = make_rows()
+    rows[3]["clicked"] = "7"
+    csv = write_csv(tmp_path / "data.csv", rows)
+    base = ["data", "prepare", "--schema", str(write_schema(tmp_path)), "--input", str(csv),
+            "--out", str(tmp_path / "out")]
+    with pytest.raises(ValueError, match=r"data\.csv: row 4 .*'clicked'"):
+        main(base)
+    assert main(base + ["--on-bad-row", "skip"]) == 0
+    out = capsys.readouterr().out
+    assert "label not 0/1: 1" in out and "prepared into" in out

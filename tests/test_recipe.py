@@ -21,7 +21,7 @@ def _cfg(tmp_path, name, *extra):
     return load_config(overrides=[f"name={name}", f"out_dir={tmp_path}", "data.name=ml100k-ctr-v1",
                                   f"data.raw_dir={raw_dir('ml-100k')}", "model.name=mlp", "train.epochs=2",
                                   "train.patience=5", "train.progress=false", "train.threads=2",
-                                  "train.checkpoint_every=10", *extra])
+                                  "train.checkpoint_every=10", "data.batch_size=2048", *extra])
 
 
 def test_train_writes_everything_and_learns(tmp_path):
@@ -43,8 +43,8 @@ def _best(run):
 
 def test_stop_and_resume_equals_uninterrupted(tmp_path):
     ref = fit(_cfg(tmp_path, "ref"))
-    stopped = fit(_cfg(tmp_path, "cut", "train.max_steps=37"))  # mid-epoch (79 steps per epoch)
-    assert stopped["stopped_at_step"] == 37
+    stopped = fit(_cfg(tmp_path, "cut", "train.max_steps=17"))  # mid-epoch (40 steps per epoch)
+    assert stopped["stopped_at_step"] == 17
     res = fit(_cfg(tmp_path, "cut"), resume=True)
     assert res["test"] == ref["test"]
     for k, v in _best(tmp_path / "ref").items():
@@ -55,9 +55,9 @@ def test_stop_and_resume_equals_uninterrupted(tmp_path):
 
 def test_killed_process_resumes_to_the_same_result(tmp_path):
     """A real SIGKILL mid-run, then --resume, gives the uninterrupted run's weights and metrics."""
-    args = [f"name=killed", f"out_dir={tmp_path}", "data.name=ml100k-ctr-v1", f"data.raw_dir={raw_dir('ml-100k')}",
+    args = ["name=killed", f"out_dir={tmp_path}", "data.name=ml100k-ctr-v1", f"data.raw_dir={raw_dir('ml-100k')}",
             "model.name=mlp", "train.epochs=2", "train.patience=5", "train.progress=false", "train.threads=2",
-            "train.checkpoint_every=10"]
+            "train.checkpoint_every=10", "data.batch_size=2048"]
     cmd = [sys.executable, "-m", "ctrscale.cli", "train", *args]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
