@@ -56,3 +56,20 @@ def test_behavior_fields_share_the_item_tables(tiny):
         if a < 0:
             assert (as_beh[:, j] == 0).all()
     assert emb.hist(torch.zeros(1, 1, len(spec.hist), dtype=torch.long)).abs().sum() == 0  # padding embeds to 0
+
+
+def test_bf16_autocast_path_runs_and_stays_close(tiny):
+    """The recipe's bf16 autocast (used on GPUs) gives finite logits near fp32 ones; checked on CPU here."""
+    from ctrscale.data.loader import Loader, LoaderConfig
+    from ctrscale.models.registry import build_model, entries
+    from ctrscale.train.recipe import autocast_for
+    b = next(iter(Loader(tiny, "valid", LoaderConfig(batch_size=64, max_len=16))))
+    for name in entries():
+        torch.manual_seed(0)
+        model = build_model(tiny.spec, {"name": name}).eval()
+        with torch.no_grad(), autocast_for(torch.device("cpu"), "bf16"):
+            low = model(b).float()
+        with torch.no_grad():
+            full = model(b)
+        assert torch.isfinite(low).all()
+        torch.testing.assert_close(low, full, atol=0.05, rtol=0.05)
