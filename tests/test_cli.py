@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import raw_dir
+
 from ctrscale.cli import main
 
 

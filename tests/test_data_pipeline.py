@@ -118,3 +118,16 @@ def test_request_batch_round_trip(tiny):
     flat = rb.flat()
     key = lambda x: sorted(zip(x.request.tolist(), x.sparse.tolist(), x.label.tolist()))  # noqa: E731
     assert key(flat) == key(b)
+
+
+def test_preparation_never_overwrites_an_unrelated_folder(tmp_path):
+    from ctrscale.data.store import DatasetWriter, Layout
+    keep = tmp_path / "mine"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("precious")
+    lay = Layout(sparse=[], dense=[], hist=[], field_vocab={}, roles={})
+    with pytest.raises(FileExistsError, match="refusing"):
+        DatasetWriter(keep, lay)
+    assert (keep / "notes.txt").read_text() == "precious"
+    DatasetWriter(tmp_path / "fresh", lay)
+    DatasetWriter(tmp_path / "fresh", lay)  # a half-written earlier attempt is replaced

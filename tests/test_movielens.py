@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import raw_dir
+
 from ctrscale.data.dataset import PreparedDataset
 from ctrscale.data.loader import Loader, LoaderConfig
 from ctrscale.data.movielens import prepare_movielens

@@ -10,8 +10,8 @@ import time
 
 import pytest
 import torch
-
 from conftest import raw_dir
+
 from ctrscale.train.config import load_config
 from ctrscale.train.recipe import fit
 from ctrscale.typed import ConfigError

@@ -71,7 +71,7 @@ class Loader:
         # Greedy packing of whole requests into batches of at most bs impressions (vectorised boundaries).
         sizes = self._req_counts[reqs]
         cum = np.cumsum(sizes)
-        bounds, lo = [0], 0
+        bounds = [0]
         while bounds[-1] < len(reqs):
             base = cum[bounds[-1] - 1] if bounds[-1] else 0
             nxt = int(np.searchsorted(cum, base + bs, side="right"))
@@ -81,7 +81,7 @@ class Loader:
             starts, counts = self._req_starts[reqs[a:b]], self._req_counts[reqs[a:b]]
             rows = np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
             out.append(self._req_order[rows])
-        if self.cfg.drop_last and out and sum(map(len, out[-1:])) < bs:
+        if self.cfg.drop_last and out and len(out[-1]) < bs:
             out = out[:-1]
         return out
 

@@ -28,6 +28,7 @@ import numpy as np
 PAD, OOV = 0, 1
 FORMAT_VERSION = 1
 SPLITS = ("train", "valid", "test")
+MARKER = ".ctrscale-prepared"
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -154,8 +155,13 @@ class DatasetWriter:
     def __init__(self, root: str | Path, layout: Layout, shard_rows: int = 1_000_000):
         self.root = Path(root)
         if self.root.exists():
-            shutil.rmtree(self.root)  # a half-written earlier attempt: start clean
+            # Replace only an earlier preparation (finished or half-written), never an unrelated folder.
+            ours = (self.root / "meta.json").exists() or (self.root / MARKER).exists()
+            if not ours and any(self.root.iterdir()):
+                raise FileExistsError(f"{self.root}: exists and is not a prepared dataset; refusing to overwrite")
+            shutil.rmtree(self.root)
         self.root.mkdir(parents=True)
+        (self.root / MARKER).touch()
         self.layout = layout
         self.shard_rows = shard_rows
         self.log = ColumnWriter(self.root / "log")
@@ -246,5 +252,6 @@ def report_markdown(rep: dict) -> str:
               "| bucket | " + " | ".join(rep["splits"]) + " |", "|---|" + "---|" * len(rep["splits"])]
     buckets = next(iter(rep["splits"].values()))["history_len_histogram"]
     for b in buckets:
-        lines.append(f"| {b} | " + " | ".join(str(r["history_len_histogram"][b]) for r in rep["splits"].values()) + " |")
+        counts = " | ".join(str(r["history_len_histogram"][b]) for r in rep["splits"].values())
+        lines.append(f"| {b} | {counts} |")
     return "\n".join(lines) + "\n"

@@ -26,7 +26,6 @@ from ..data.catalog import open_dataset
 from ..data.loader import Loader, LoaderConfig
 from ..models.layers import is_embedding_param
 from ..models.registry import build_model
-from ..typed import to_dict
 from .config import RunConfig, save_config
 
 
@@ -276,5 +275,3 @@ def _say(cfg, msg: str) -> None:
     if cfg.train.progress:
         print(msg, flush=True)
 
-
-__all__ = ["fit", "evaluate", "predict", "make_optimizer", "make_schedule", "to_dict"]
