@@ -29,8 +29,10 @@ class FeatureEmbedding(nn.Module):
         self.register_buffer("_align", torch.tensor([max(a, 0) for a in align], dtype=torch.long), persistent=False)
         self.register_buffer("_align_ok", torch.tensor([a >= 0 for a in align]), persistent=False)
 
-    def sparse(self, ids: Tensor) -> Tensor:  # (B, F_sparse) -> (B, F_sparse, d)
-        return torch.stack([self.tables[t](ids[..., i]) for i, t in enumerate(self._sparse_tables)], -2)
+    def sparse(self, ids: Tensor, fields: list[int] | None = None) -> Tensor:
+        """(..., F_sparse) -> (..., F_sparse, d); with `fields`, only those columns, in that order."""
+        fields = range(len(self._sparse_tables)) if fields is None else fields
+        return torch.stack([self.tables[self._sparse_tables[i]](ids[..., i]) for i in fields], -2)
 
     def numeric(self, x: Tensor) -> Tensor:  # (B, F_dense) -> (B, F_dense, d)
         return x.unsqueeze(-1) * self.num_weight + self.num_bias
@@ -62,12 +64,26 @@ def is_embedding_param(name: str) -> bool:
     return ".tables." in f".{name}" or name.startswith("tables.")
 
 
+class Dice(nn.Module):
+    """DIN's data-adaptive activation: p = sigmoid(BN(x)); y = p * x + (1 - p) * alpha * x."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.bn = nn.BatchNorm1d(dim, affine=False)
+        self.alpha = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        p = torch.sigmoid(self.bn(x.reshape(-1, x.shape[-1])).view_as(x))
+        return p * x + (1 - p) * self.alpha * x
+
+
 class MLP(nn.Sequential):
     def __init__(self, d_in: int, hidden: tuple[int, ...], d_out: int | None = 1, dropout: float = 0.0,
                  activation: type[nn.Module] = nn.ReLU):
         layers: list[nn.Module] = []
         for h in hidden:
-            layers += [nn.Linear(d_in, h), activation()] + ([nn.Dropout(dropout)] if dropout else [])
+            act = activation(h) if activation is Dice else activation()
+            layers += [nn.Linear(d_in, h), act] + ([nn.Dropout(dropout)] if dropout else [])
             d_in = h
         if d_out is not None:
             layers.append(nn.Linear(d_in, d_out))

@@ -1,0 +1,194 @@
+"""Attention kernels and blocks shared by the sequence models (SUAN, LightSUAN, HSTU, BST).
+
+Every fast kernel has a dense masked reference beside it; tests hold them equal on small inputs.
+
+Conventions: q, k, v are (B, H, L, Dh); `key_valid` (B, L) marks real behaviors; a query may always attend to
+itself, so no row is fully masked (padded queries produce finite values that nothing reads).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# bias_fn(t_query, t_key, rel_pos) -> additive logit bias, broadcastable; times in unix seconds, rel_pos = i - j
+BiasFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+def make_norm(kind: str, dim: int) -> nn.Module:
+    if kind == "rms":
+        return RMSNorm(dim)
+    if kind == "layer":
+        return nn.LayerNorm(dim)
+    raise ValueError(f"norm must be 'rms' or 'layer', got {kind!r}")
+
+
+class SwiGLU(nn.Module):
+    """(SiLU(x W1) * x W2) W3, hidden width `mult` * dim."""
+
+    def __init__(self, dim: int, mult: int = 3):
+        super().__init__()
+        self.w1 = nn.Linear(dim, mult * dim, bias=False)
+        self.w2 = nn.Linear(dim, mult * dim, bias=False)
+        self.w3 = nn.Linear(mult * dim, dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.w3(F.silu(self.w1(x)) * self.w2(x))
+
+
+class ReluFFN(nn.Sequential):
+    def __init__(self, dim: int, mult: int = 3):
+        super().__init__(nn.Linear(dim, mult * dim), nn.ReLU(), nn.Linear(mult * dim, dim))
+
+
+class TimePositionBias(nn.Module):
+    """b_ij = f1(bucket(|t_i - t_j|)) + f2(i - j), one scalar table each, shared by all heads (SUAN).
+    bucket = floor(ln(max(|dt|, 1)) / 0.301) clipped to [0, 128]; relative positions clipped to max_pos."""
+
+    def __init__(self, max_pos: int = 2048, time: bool = True, position: bool = True):
+        super().__init__()
+        self.time_table = nn.Embedding(129, 1) if time else None
+        self.pos_table = nn.Embedding(max_pos + 1, 1) if position else None
+        self.max_pos = max_pos
+        for t in (self.time_table, self.pos_table):
+            if t is not None:
+                nn.init.zeros_(t.weight)
+
+    def forward(self, t_q: Tensor, t_k: Tensor, rel_pos: Tensor) -> Tensor:
+        out = 0.0
+        if self.time_table is not None:
+            dt = (t_q - t_k).abs().clamp_min(1).double()
+            bucket = torch.floor(torch.log(dt) / 0.301).clamp(0, 128).long()
+            out = out + self.time_table(bucket).squeeze(-1)
+        if self.pos_table is not None:
+            out = out + self.pos_table(rel_pos.abs().clamp(max=self.max_pos)).squeeze(-1)
+        return out
+
+
+def sparse_pattern(n: int, local: int, dilation: int, device=None) -> Tensor:
+    """(n, n) bool: key j visible to query i when j <= i and (i - j < local or (i - j) % dilation == 0)."""
+    i = torch.arange(n, device=device).unsqueeze(1)
+    j = torch.arange(n, device=device).unsqueeze(0)
+    d = i - j
+    return (d >= 0) & ((d < local) | (d % dilation == 0))
+
+
+def dense_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, bias: Tensor | float = 0.0,
+                    scale: float | None = None) -> Tensor:
+    """Reference: softmax over allowed keys of q.k * scale + bias. allowed broadcasts to (B, H, Lq, Lk)."""
+    scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    s = (q @ k.transpose(-1, -2)) * scale + bias
+    s = s.masked_fill(~allowed, float("-inf"))
+    return torch.softmax(s, -1) @ v
+
+
+def causal_self_attention(q, k, v, times: Tensor, key_valid: Tensor, bias_fn: BiasFn | None,
+                          local: int = 0, dilation: int = 1) -> Tensor:
+    """Dense reference of the (sparse) causal self-attention over one history: builds the (L, L) pattern."""
+    n = q.shape[2]
+    pos = torch.arange(n, device=q.device)
+    allowed = sparse_pattern(n, local, dilation, q.device) if dilation > 1 else (pos[:, None] >= pos[None, :])
+    allowed = allowed & (key_valid[:, None, None, :] | torch.eye(n, dtype=torch.bool, device=q.device))
+    bias = 0.0
+    if bias_fn is not None:
+        bias = bias_fn(times[:, :, None], times[:, None, :], pos[:, None] - pos[None, :]).unsqueeze(1)
+    return dense_attention(q, k, v, allowed, bias)
+
+
+def local_dilated_attention(q, k, v, times: Tensor, key_valid: Tensor, bias_fn: BiasFn | None,
+                            local: int, dilation: int) -> Tensor:
+    """LightSUAN's sparse causal self-attention in O(L (local + L / dilation)) time and memory.
+
+    Dilated keys ((i - j) % r == 0) are a reshape into r interleaved sub-sequences, each under full causal
+    attention (one batched matmul of (L/r)^2 blocks); the local keys not already in that set (offsets
+    1..local-1 that are not multiples of r) are shifted copies of K. One softmax spans both key sets (joint
+    max and normaliser), each key counted once. No (L, L) tensor is built."""
+    b, h, n, dh = q.shape
+    r, scale = dilation, 1.0 / math.sqrt(dh)
+    m = -(-n // r)  # ceil(n / r)
+    pad = m * r - n
+
+    def to_classes(x: Tensor) -> Tensor:  # (..., n, *) -> (..., r, m, *): [c, a] = position a * r + c
+        x = F.pad(x, (0, 0, 0, pad)) if x.dim() == 4 else F.pad(x, (0, pad))
+        if x.dim() == 4:
+            return x.view(b, h, m, r, dh).transpose(2, 3)
+        return x.view(x.shape[0], m, r).transpose(1, 2)
+
+    qc, kc, vc = to_classes(q), to_classes(k), to_classes(v)                       # (B, H, r, m, Dh)
+    tc = to_classes(times)                                                         # (B, r, m)
+    validc = to_classes(key_valid.to(torch.int8)).bool()
+    a = torch.arange(m, device=q.device)
+    causal = a[:, None] >= a[None, :]
+    allowed = causal & (validc[:, None, :, None, :] | torch.eye(m, dtype=torch.bool, device=q.device))
+    s_d = (qc @ kc.transpose(-1, -2)) * scale                                      # (B, H, r, m, m)
+    if bias_fn is not None:
+        s_d = s_d + bias_fn(tc[..., :, None], tc[..., None, :], (a[:, None] - a[None, :]) * r).unsqueeze(1)
+    s_d = s_d.masked_fill(~allowed, float("-inf"))
+
+    offsets = [o for o in range(1, local) if o % r]
+    if offsets:
+        ks = torch.stack([F.pad(k, (0, 0, o, 0))[:, :, :n] for o in offsets], 3)   # (B, H, n, O, Dh)
+        vs = torch.stack([F.pad(v, (0, 0, o, 0))[:, :, :n] for o in offsets], 3)
+        s_l = torch.einsum("bhnd,bhnod->bhno", q, ks) * scale                      # (B, H, n, O)
+        off = torch.tensor(offsets, device=q.device)
+        t_k = torch.stack([F.pad(times, (o, 0))[:, :n] for o in offsets], 2)        # (B, n, O)
+        ok = torch.stack([F.pad(key_valid.to(torch.int8), (o, 0))[:, :n] for o in offsets], 2).bool()
+        if bias_fn is not None:
+            s_l = s_l + bias_fn(times[:, :, None], t_k, off).unsqueeze(1)
+        s_l = s_l.masked_fill(~ok.unsqueeze(1), float("-inf"))
+
+    def to_positions(x: Tensor) -> Tensor:  # (B, H, r, m, *) -> (B, H, n, *)
+        return x.transpose(2, 3).reshape(b, h, m * r, *x.shape[4:])[:, :, :n]
+
+    mx = to_positions(s_d.amax(-1))                                                # (B, H, n)
+    if offsets:
+        mx = torch.maximum(mx, s_l.amax(-1))
+    mx_c = to_classes(mx.reshape(b * h, n)).reshape(b, h, r, m)
+    p_d = torch.exp(s_d - mx_c.unsqueeze(-1))
+    num = to_positions(p_d @ vc)
+    den = to_positions(p_d.sum(-1))
+    if offsets:
+        p_l = torch.exp(s_l - mx.unsqueeze(-1))
+        num = num + torch.einsum("bhno,bhnod->bhnd", p_l, vs)
+        den = den + p_l.sum(-1)
+    return num / den.unsqueeze(-1)
+
+
+def candidate_keys(n: int, local: int, dilation: int, device=None) -> Tensor:
+    """History positions a candidate at virtual position n sees under the pattern (all of them when r = 1)."""
+    d = n - torch.arange(n, device=device)
+    return torch.nonzero((d < local) | (d % dilation == 0)).squeeze(1)
+
+
+def candidate_attention(qc: Tensor, kc: Tensor, vc: Tensor, kh: Tensor, vh: Tensor, t_cand: Tensor,
+                        t_hist: Tensor, hist_valid: Tensor, bias_fn: BiasFn | None, local: int = 0,
+                        dilation: int = 1) -> Tensor:
+    """C candidates (B, H, C, Dh), each at the position right after the history, attend to the history keys of
+    the pattern and to themselves, never to each other. kh, vh: (B, H, L, Dh) cached from the history."""
+    n, dh = kh.shape[2], qc.shape[-1]
+    scale = 1.0 / math.sqrt(dh)
+    idx = candidate_keys(n, local, dilation, kh.device)
+    kj, vj = kh.index_select(2, idx), vh.index_select(2, idx)                      # (B, H, J, Dh)
+    s_h = (qc @ kj.transpose(-1, -2)) * scale                                      # (B, H, C, J)
+    s_self = (qc * kc).sum(-1, keepdim=True) * scale                               # (B, H, C, 1)
+    if bias_fn is not None:
+        tj = t_hist.index_select(1, idx)                                           # (B, J)
+        s_h = s_h + bias_fn(t_cand[:, None, None], tj[:, None, :], (n - idx)[None, None, :]).unsqueeze(1)
+        zero = torch.zeros(1, dtype=torch.long, device=qc.device)
+        s_self = s_self + bias_fn(t_cand[:, None, None], t_cand[:, None, None], zero).unsqueeze(1)
+    s_h = s_h.masked_fill(~hist_valid.index_select(1, idx)[:, None, None, :], float("-inf"))
+    w = torch.softmax(torch.cat([s_h, s_self], -1), -1)
+    return w[..., :-1] @ vj + w[..., -1:] * vc

@@ -1,0 +1,217 @@
+"""SUAN and LightSUAN (Lai et al., RecSys 2025; design fixed in shared/spec/suan.md).
+
+Target-aware sequence [b_1 .. b_L, candidate]: a behavior token is its n1 field embeddings concatenated
+(width D = n1 * d); the candidate token puts its own ids in the same slots (zeros in behavior-only slots).
+Stacked Unified Attention Blocks (UAB), pre-norm:
+  x = Norm(E); E_self = causal MHA(x) + learned bias f1(time bucket) + f2(i - j)
+  AFNet: E_cross = MHA(E_self -> profile tokens); gate from the mean over valid behaviors of E_self + E_cross
+         (two branches, softmax per dimension); E <- E + w_self * E_self + w_cross * E_cross
+  E <- E + SwiGLU(Norm(E))
+Head: MLP([final candidate state, flattened profile, other candidate/context features]).
+
+Because the encoder is causal and the AFNet gate sees behaviors only, behavior states never depend on the
+candidate: `encode_user` runs the history once and caches every layer's K/V and gate; `score_candidates` then
+pushes any number of candidates through the layers, each attending to the cached history and to itself only.
+forward() is that same path with one candidate, so request scoring equals pointwise scoring by construction;
+tests hold both equal to a dense reference over the full (L + 1)-token sequence.
+
+LightSUAN = the same model with `local` (k) and `dilation` (r) set: history self-attention over the union of
+the k most recent positions and every r-th one, computed in O(L (k + L / r)) (attention.local_dilated_attention),
+and candidates see the same pattern from the position after the history. r = 1 gives back SUAN exactly.
+Ablations A-G of the paper are config switches (VARIANTS); sizes size-1..size-5 are presets (SIZES).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..batch import Batch
+from ..data.dataset import DataSpec
+from .attention import (ReluFFN, SwiGLU, TimePositionBias, candidate_attention, causal_self_attention,
+                        local_dilated_attention, make_norm)
+from .base import CTRModel
+from .layers import MLP, Dice, FeatureEmbedding, masked_mean
+from .registry import register
+
+# (embed_dim d, layers, heads) of the paper's Table 4
+SIZES = {"size-1": (8, 1, 1), "size-2": (8, 2, 2), "size-3": (16, 4, 4), "size-4": (32, 8, 8),
+         "size-5": (144, 12, 12)}
+# The paper's ablation variants (Tables 3 and 5) as config overrides
+VARIANTS = {"A": {"ffn": "relu"}, "B": {"afnet": False}, "C": {"afnet_fusion": "add"},
+            "D": {"target_aware": False}, "E": {"attention_bias": False}, "F": {"norm": "layer"},
+            "G": {"prenorm": False}}
+
+
+@dataclass
+class SUANConfig:
+    size: str = ""                   # size-1..size-5: sets embed_dim, layers and heads
+    embed_dim: int = 8
+    layers: int = 2
+    heads: int = 2
+    head_hidden: tuple[int, ...] = (1024, 512, 256)
+    head_activation: str = "relu"    # relu | dice (the paper's)
+    dropout: float = 0.0
+    ffn: str = "swiglu"              # A: relu
+    afnet: bool = True               # B: False
+    afnet_fusion: str = "gate"       # C: add
+    target_aware: bool = True        # D: False (candidate only in the head)
+    attention_bias: bool = True      # E: False
+    norm: str = "rms"                # F: layer
+    prenorm: bool = True             # G: False (post-norm)
+    local: int = 0                   # LightSUAN window k (0: SUAN's full causal attention)
+    dilation: int = 1                # LightSUAN dilation r
+    max_pos: int = 2048              # relative positions beyond this share one bias entry
+
+
+@dataclass
+class LightSUANConfig(SUANConfig):
+    local: int = 4
+    dilation: int = 2
+
+
+@dataclass
+class _State:
+    """What encode_user computes once per request."""
+    hist: Tensor          # (R, L, D) final behavior states
+    caches: list          # per layer: (k, v, gate)
+    valid: Tensor         # (R, L)
+    times: Tensor         # (R, L)
+    profile: Tensor       # (R, n2, d)
+    time: Tensor          # (R,) request time (the candidates' time)
+
+
+class UAB(nn.Module):
+    """One Unified Attention Block, split into its history pass and its candidate pass."""
+
+    def __init__(self, dim: int, profile_dim: int, cfg: SUANConfig, heads: int):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"SUAN: token width {dim} (fields x embed_dim) is not divisible by {heads} heads")
+        self.cfg, self.heads = cfg, heads
+        self.norm1, self.norm2 = make_norm(cfg.norm, dim), make_norm(cfg.norm, dim)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.out = nn.Linear(dim, dim, bias=False)
+        self.bias = TimePositionBias(cfg.max_pos) if cfg.attention_bias else None
+        if cfg.afnet:
+            self.cross_q = nn.Linear(dim, dim, bias=False)
+            self.cross_kv = nn.Linear(profile_dim, 2 * dim, bias=False)
+            self.cross_out = nn.Linear(dim, dim, bias=False)
+            if cfg.afnet_fusion == "gate":
+                self.gate_in = nn.Linear(dim, max(1, dim // 4))
+                self.gate_self = nn.Linear(max(1, dim // 4), dim)
+                self.gate_cross = nn.Linear(max(1, dim // 4), dim)
+        self.ffn = SwiGLU(dim) if cfg.ffn == "swiglu" else ReluFFN(dim)
+
+    def _heads(self, x: Tensor) -> Tensor:  # (B, N, D) -> (B, H, N, Dh)
+        return x.unflatten(-1, (self.heads, -1)).transpose(1, 2)
+
+    def _merge(self, x: Tensor) -> Tensor:  # (B, H, N, Dh) -> (B, N, D)
+        return x.transpose(1, 2).flatten(-2)
+
+    def _cross(self, e_self: Tensor, profile: Tensor) -> Tensor:
+        k, v = self.cross_kv(profile).chunk(2, -1)
+        att = F.scaled_dot_product_attention(self._heads(self.cross_q(e_self)), self._heads(k), self._heads(v))
+        return self.cross_out(self._merge(att))
+
+    def _fuse_and_ffn(self, e: Tensor, e_self: Tensor, e_cross: Tensor | None, gate: Tensor | None) -> Tensor:
+        if e_cross is None:
+            fused = e_self
+        elif gate is None:
+            fused = e_self + e_cross
+        else:
+            fused = gate[:, 0, None] * e_self + gate[:, 1, None] * e_cross
+        if self.cfg.prenorm:
+            e = e + fused
+            return e + self.ffn(self.norm2(e))
+        e = self.norm1(e + fused)
+        return self.norm2(e + self.ffn(e))
+
+    def history(self, e: Tensor, times: Tensor, valid: Tensor, profile: Tensor):
+        """(B, L, D) behavior states -> next states, and the cache candidates need (K, V, gate)."""
+        x = self.norm1(e) if self.cfg.prenorm else e
+        q, k, v = (self._heads(t) for t in self.qkv(x).chunk(3, -1))
+        cfg = self.cfg
+        if cfg.local > 0:
+            att = local_dilated_attention(q, k, v, times, valid, self.bias, cfg.local, cfg.dilation)
+        else:
+            att = causal_self_attention(q, k, v, times, valid, self.bias)
+        e_self = self.out(self._merge(att))
+        e_cross = self._cross(e_self, profile) if cfg.afnet else None
+        gate = None
+        if cfg.afnet and cfg.afnet_fusion == "gate":
+            g = torch.relu(self.gate_in(masked_mean(e_self + e_cross, valid, dim=1)))      # (B, D/4)
+            gate = torch.softmax(torch.stack([self.gate_self(g), self.gate_cross(g)], 1), 1)  # (B, 2, D)
+        return self._fuse_and_ffn(e, e_self, e_cross, gate), (k, v, gate)
+
+    def candidates(self, e: Tensor, cache, t_cand: Tensor, times: Tensor, valid: Tensor, profile: Tensor):
+        """(B, C, D) candidate states -> next states; each attends to the cached history and itself."""
+        kh, vh, gate = cache
+        x = self.norm1(e) if self.cfg.prenorm else e
+        q, k, v = (self._heads(t) for t in self.qkv(x).chunk(3, -1))
+        att = candidate_attention(q, k, v, kh, vh, t_cand, times, valid, self.bias, self.cfg.local,
+                                  self.cfg.dilation)
+        e_self = self.out(self._merge(att))
+        e_cross = self._cross(e_self, profile) if self.cfg.afnet else None
+        return self._fuse_and_ffn(e, e_self, e_cross, gate)
+
+
+class SUAN(CTRModel):
+    def __init__(self, spec: DataSpec, cfg: SUANConfig):
+        super().__init__()
+        if cfg.size:
+            if cfg.size not in SIZES:
+                raise ValueError(f"SUAN size {cfg.size!r}: choose one of {sorted(SIZES)}")
+            d, layers, heads = SIZES[cfg.size]
+        else:
+            d, layers, heads = cfg.embed_dim, cfg.layers, cfg.heads
+        if cfg.local < 0 or cfg.dilation < 1:
+            raise ValueError("LightSUAN needs local >= 0 and dilation >= 1")
+        if not spec.hist:
+            raise ValueError("SUAN needs a behavior sequence in the data")
+        self.cfg = cfg
+        self.emb = FeatureEmbedding(spec, d)
+        self.profile_idx = spec.sparse_of_role("user")
+        self.other_idx = spec.sparse_of_role("item", "context")
+        dim = len(spec.hist) * d
+        self.blocks = nn.ModuleList(UAB(dim, d, cfg, heads) for _ in range(layers))
+        self.final_norm = make_norm(cfg.norm, dim) if cfg.prenorm else nn.Identity()
+        rep = dim if cfg.target_aware else 2 * dim
+        head_in = rep + (len(self.profile_idx) + len(self.other_idx) + len(spec.dense)) * d
+        act = Dice if cfg.head_activation == "dice" else nn.ReLU
+        self.head = MLP(head_in, cfg.head_hidden, 1, cfg.dropout, activation=act)
+
+    def encode_user(self, context: Batch) -> _State:
+        profile = self.emb.sparse(context.sparse, self.profile_idx)                 # (R, n2, d)
+        e = self.emb.hist(context.hist).flatten(-2)                                    # (R, L, D)
+        valid, times = context.hist_mask, context.hist_time
+        caches = []
+        for block in self.blocks:
+            e, cache = block.history(e, times, valid, profile)
+            caches.append(cache)
+        return _State(e, caches, valid, times, profile, context.time)
+
+    def score_candidates(self, state: _State, cand_sparse: Tensor, cand_dense: Tensor) -> Tensor:
+        r, c = cand_sparse.shape[:2]
+        token = self.emb.candidate_as_behavior(cand_sparse).flatten(-2)                # (R, C, D)
+        if self.cfg.target_aware:
+            e = token
+            for block, cache in zip(self.blocks, state.caches):
+                e = block.candidates(e, cache, state.time, state.times, state.valid, state.profile)
+            rep = self.final_norm(e)
+        else:  # variant D: the candidate meets the sequence only in the head
+            pooled = masked_mean(self.final_norm(state.hist), state.valid, dim=1)
+            rep = torch.cat([pooled.unsqueeze(1).expand(r, c, -1), token], -1)
+        other = torch.cat([self.emb.sparse(cand_sparse, self.other_idx).flatten(-2),
+                           self.emb.numeric(cand_dense).flatten(-2)], -1)
+        profile = state.profile.flatten(-2).unsqueeze(1).expand(r, c, -1)
+        return self.head(torch.cat([rep, profile, other], -1)).squeeze(-1)
+
+    def forward(self, batch: Batch) -> Tensor:
+        return self.score_candidates(self.encode_user(batch), batch.sparse[:, None], batch.dense[:, None])[:, 0]
+
+
+register("suan", SUANConfig, "SUAN: stacked unified attention blocks over the target-aware sequence")(SUAN)
+register("lightsuan", LightSUANConfig, "LightSUAN: SUAN with local + dilated sparse attention (k=4, r=2)")(SUAN)
