@@ -7,8 +7,13 @@ import pytest
 import torch
 
 from ctrscale.data.loader import Loader, LoaderConfig
-from ctrscale.models.attention import (TimePositionBias, causal_self_attention, dense_attention,
-                                       local_dilated_attention, sparse_pattern)
+from ctrscale.models.attention import (
+    TimePositionBias,
+    causal_self_attention,
+    dense_attention,
+    local_dilated_attention,
+    sparse_pattern,
+)
 from ctrscale.models.layers import masked_mean
 from ctrscale.models.registry import build_model
 from ctrscale.models.suan import SIZES, VARIANTS

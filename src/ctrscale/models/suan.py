@@ -30,8 +30,15 @@ from torch import Tensor, nn
 
 from ..batch import Batch
 from ..data.dataset import DataSpec
-from .attention import (ReluFFN, SwiGLU, TimePositionBias, candidate_attention, causal_self_attention,
-                        local_dilated_attention, make_norm)
+from .attention import (
+    ReluFFN,
+    SwiGLU,
+    TimePositionBias,
+    candidate_attention,
+    causal_self_attention,
+    local_dilated_attention,
+    make_norm,
+)
 from .base import CTRModel
 from .layers import MLP, Dice, FeatureEmbedding, masked_mean
 from .registry import register
