@@ -1,0 +1,86 @@
+"""BST (Chen et al., 2019): a Transformer over the history and the target item together.
+
+Tokens: each behavior's field embeddings concatenated (width D), the target in the same slots, plus BST's
+"position" feature: an embedding of the log-bucketed time between the behavior and the request (0 for the
+target). One post-LN Transformer layer per `layers` (multi-head self-attention, LeakyReLU FFN), attention
+bidirectional over [history; target] with padding masked. Output (ours): [target state, mean of the valid
+behavior states] instead of flattening every position, so any history length works; then an MLP with the
+profile and other features. The history attends to the target, so nothing is reused across candidates.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..batch import Batch
+from ..data.dataset import DataSpec
+from .base import CTRModel
+from .layers import MLP, FeatureEmbedding, masked_mean
+from .registry import register
+
+
+@dataclass
+class BSTConfig:
+    embed_dim: int = 8
+    layers: int = 2
+    heads: int = 2
+    ffn_mult: int = 4
+    head_hidden: tuple[int, ...] = (1024, 512, 256)
+    dropout: float = 0.0
+
+
+class BSTLayer(nn.Module):
+    def __init__(self, dim: int, heads: int, ffn_mult: int, dropout: float):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"BST: token width {dim} is not divisible by {heads} heads")
+        self.heads, self.dropout = heads, dropout
+        self.qkv, self.out = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn_mult * dim), nn.LeakyReLU(), nn.Linear(ffn_mult * dim, dim))
+
+    def forward(self, x: Tensor, valid: Tensor) -> Tensor:
+        q, k, v = (t.unflatten(-1, (self.heads, -1)).transpose(1, 2) for t in self.qkv(x).chunk(3, -1))
+        n = x.shape[1]
+        allowed = valid[:, None, None, :] | torch.eye(n, dtype=torch.bool, device=x.device)
+        att = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+        x = self.norm1(x + F.dropout(self.out(att.transpose(1, 2).flatten(-2)), self.dropout, self.training))
+        return self.norm2(x + F.dropout(self.ffn(x), self.dropout, self.training))
+
+
+class BST(CTRModel):
+    def __init__(self, spec: DataSpec, cfg: BSTConfig):
+        super().__init__()
+        if not spec.hist:
+            raise ValueError("BST needs a behavior sequence in the data")
+        self.cfg = cfg
+        d = cfg.embed_dim
+        self.emb = FeatureEmbedding(spec, d)
+        self.profile_idx = spec.sparse_of_role("user")
+        self.other_idx = spec.sparse_of_role("item", "context")
+        dim = len(spec.hist) * d
+        self.time_pos = nn.Embedding(64, dim)
+        nn.init.normal_(self.time_pos.weight, std=0.01)
+        self.layers = nn.ModuleList(BSTLayer(dim, cfg.heads, cfg.ffn_mult, cfg.dropout) for _ in range(cfg.layers))
+        head_in = 2 * dim + (len(self.profile_idx) + len(self.other_idx) + len(spec.dense)) * d
+        self.head = MLP(head_in, cfg.head_hidden, 1, cfg.dropout, activation=nn.LeakyReLU)
+
+    def forward(self, batch: Batch) -> Tensor:
+        hist = self.emb.hist(batch.hist).flatten(-2)                                # (B, L, D)
+        target = self.emb.candidate_as_behavior(batch.sparse).flatten(-2)           # (B, D)
+        dt = (batch.time[:, None] - batch.hist_time).clamp_min(1).double()
+        bucket = torch.floor(torch.log2(dt)).clamp(0, 63).long()                    # (B, L)
+        x = torch.cat([hist + self.time_pos(bucket), (target + self.time_pos.weight[0]).unsqueeze(1)], 1)
+        valid = torch.cat([batch.hist_mask, torch.ones_like(batch.hist_mask[:, :1])], 1)
+        for layer in self.layers:
+            x = layer(x, valid)
+        rep = [x[:, -1], masked_mean(x[:, :-1], batch.hist_mask, dim=1),
+               self.emb.sparse(batch.sparse, self.profile_idx).flatten(-2),
+               self.emb.sparse(batch.sparse, self.other_idx).flatten(-2), self.emb.numeric(batch.dense).flatten(-2)]
+        return self.head(torch.cat(rep, -1)).squeeze(-1)
+
+
+register("bst", BSTConfig, "BST: Transformer over the history and the target item")(BST)

@@ -1,0 +1,127 @@
+"""HSTU (Zhai et al., ICML 2024) as a ranker: pointwise aggregated attention over [history; candidate].
+
+Layer (pre-LN): U, V, Q, K = split(SiLU(W x)); A_ij = SiLU(q_i . k_j + rab(t_i - t_j, i - j)) / n_i over the
+allowed keys (causal history; a candidate sees the history and itself, never another candidate);
+y = W_o (LayerNorm(A V) * U); x <- x + y. n_i = the number of keys query i may see (ours: the paper divides by
+the padded length, which would make outputs depend on padding). rab is the log-bucketed time + relative
+position bias shared by heads (attention.TimePositionBias). Head: MLP([final candidate state, profile, other
+candidate/context features]), the same head SUAN uses, so the comparison isolates the sequence encoder.
+History states never depend on the candidate: request scoring encodes the history once per request.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..batch import Batch
+from ..data.dataset import DataSpec
+from .attention import TimePositionBias
+from .base import CTRModel
+from .layers import MLP, FeatureEmbedding
+from .registry import register
+
+
+@dataclass
+class HSTUConfig:
+    embed_dim: int = 8
+    layers: int = 2
+    heads: int = 2
+    head_hidden: tuple[int, ...] = (1024, 512, 256)
+    dropout: float = 0.0
+    max_pos: int = 2048
+
+
+def pointwise_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, bias: Tensor | float) -> Tensor:
+    """SiLU-weighted (not softmax) aggregation, normalised by the number of allowed keys per query."""
+    w = F.silu(q @ k.transpose(-1, -2) + bias) * allowed
+    return (w @ v) / allowed.sum(-1, keepdim=True).clamp_min(1)
+
+
+class HSTULayer(nn.Module):
+    def __init__(self, dim: int, heads: int, max_pos: int):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"HSTU: token width {dim} is not divisible by {heads} heads")
+        self.heads = heads
+        self.norm_in, self.norm_att = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.uvqk = nn.Linear(dim, 4 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.bias = TimePositionBias(max_pos)
+
+    def _h(self, x: Tensor) -> Tensor:
+        return x.unflatten(-1, (self.heads, -1)).transpose(1, 2)
+
+    def _project(self, x: Tensor):
+        u, v, q, k = F.silu(self.uvqk(self.norm_in(x))).chunk(4, -1)
+        return u, self._h(v), self._h(q), self._h(k)
+
+    def _finish(self, x: Tensor, att: Tensor, u: Tensor) -> Tensor:
+        return x + self.out(self.norm_att(att.transpose(1, 2).flatten(-2)) * u)
+
+    def history(self, x: Tensor, times: Tensor, valid: Tensor):
+        u, v, q, k = self._project(x)
+        n = x.shape[1]
+        pos = torch.arange(n, device=x.device)
+        allowed = (pos[:, None] >= pos[None, :]) & valid[:, None, None, :]
+        bias = self.bias(times[:, :, None], times[:, None, :], pos[:, None] - pos[None, :]).unsqueeze(1)
+        return self._finish(x, pointwise_attention(q, k, v, allowed, bias), u), (k, v)
+
+    def candidates(self, x: Tensor, cache, t_cand: Tensor, times: Tensor, valid: Tensor) -> Tensor:
+        kh, vh = cache
+        u, v, q, k = self._project(x)                                           # q: (B, H, C, Dh)
+        n = kh.shape[2]
+        rel = n - torch.arange(n, device=x.device)
+        b_h = self.bias(t_cand[:, None, None], times[:, None, :], rel[None, None, :]).unsqueeze(1)  # (B,1,1,L)
+        zero = torch.zeros(1, dtype=torch.long, device=x.device)
+        b_s = self.bias(t_cand[:, None, None], t_cand[:, None, None], zero).unsqueeze(1)            # (B,1,1,1)
+        w_h = F.silu(q @ kh.transpose(-1, -2) + b_h) * valid[:, None, None, :]
+        w_s = F.silu((q * k).sum(-1, keepdim=True) + b_s)
+        count = valid.sum(-1).add(1).view(-1, 1, 1, 1)
+        att = (w_h @ vh + w_s * v) / count
+        return self._finish(x, att, u)
+
+
+class HSTU(CTRModel):
+    def __init__(self, spec: DataSpec, cfg: HSTUConfig):
+        super().__init__()
+        if not spec.hist:
+            raise ValueError("HSTU needs a behavior sequence in the data")
+        self.cfg = cfg
+        d = cfg.embed_dim
+        self.emb = FeatureEmbedding(spec, d)
+        self.profile_idx = spec.sparse_of_role("user")
+        self.other_idx = spec.sparse_of_role("item", "context")
+        dim = len(spec.hist) * d
+        self.layers = nn.ModuleList(HSTULayer(dim, cfg.heads, cfg.max_pos) for _ in range(cfg.layers))
+        self.final_norm = nn.LayerNorm(dim)
+        head_in = dim + (len(self.profile_idx) + len(self.other_idx) + len(spec.dense)) * d
+        self.head = MLP(head_in, cfg.head_hidden, 1, cfg.dropout)
+
+    def encode_user(self, context: Batch):
+        x = self.emb.hist(context.hist).flatten(-2)
+        caches = []
+        for layer in self.layers:
+            x, cache = layer.history(x, context.hist_time, context.hist_mask)
+            caches.append(cache)
+        profile = self.emb.sparse(context.sparse, self.profile_idx).flatten(-2)
+        return caches, context.hist_time, context.hist_mask, context.time, profile
+
+    def score_candidates(self, state, cand_sparse: Tensor, cand_dense: Tensor) -> Tensor:
+        caches, times, valid, t_cand, profile = state
+        r, c = cand_sparse.shape[:2]
+        x = self.emb.candidate_as_behavior(cand_sparse).flatten(-2)               # (R, C, D)
+        for layer, cache in zip(self.layers, caches):
+            x = layer.candidates(x, cache, t_cand, times, valid)
+        other = torch.cat([self.emb.sparse(cand_sparse, self.other_idx).flatten(-2),
+                           self.emb.numeric(cand_dense).flatten(-2)], -1)
+        feats = [self.final_norm(x), profile.unsqueeze(1).expand(r, c, -1), other]
+        return self.head(torch.cat(feats, -1)).squeeze(-1)
+
+    def forward(self, batch: Batch) -> Tensor:
+        return self.score_candidates(self.encode_user(batch), batch.sparse[:, None], batch.dense[:, None])[:, 0]
+
+
+register("hstu", HSTUConfig, "HSTU: pointwise (SiLU) aggregated attention with time/position bias")(HSTU)
