@@ -18,8 +18,8 @@ def test_hstu_cached_candidates_equal_full_sequence_reference(tiny):
     model = build_model(tiny.spec, {"name": "hstu", "embed_dim": 4, "head_hidden": [16]}).eval()
     for layer in model.layers:
         with torch.no_grad():
-            layer.bias.time_table.weight.normal_()
-            layer.bias.pos_table.weight.normal_()
+            layer.bias.time_table.normal_()
+            layer.bias.pos_table.normal_()
     b = _batch(tiny)
     emb = model.emb
     x = torch.cat([emb.hist(b.hist).flatten(-2), emb.candidate_as_behavior(b.sparse).flatten(-2)[:, None]], 1)

@@ -36,7 +36,7 @@ def test_local_dilated_equals_dense_masked_reference(n, local, dilation):
     bias = TimePositionBias(max_pos=64)
     with torch.no_grad():
         for t in (bias.time_table, bias.pos_table):
-            t.weight.normal_()
+            t.normal_()
     got = local_dilated_attention(q, k, v, times, valid, bias, local, dilation)
     ref = causal_self_attention(q, k, v, times, valid, bias, local, dilation if dilation > 1 else 1)
     if dilation == 1:  # r = 1: the union is plain causal attention
@@ -112,8 +112,8 @@ def test_cached_split_equals_full_sequence_reference(tiny, name, extra):
     model = build_model(tiny.spec, {"name": name, "embed_dim": 4, "head_hidden": [16], **extra}).eval()
     for blk in model.blocks:  # non-trivial biases so they matter
         with torch.no_grad():
-            blk.bias.time_table.weight.normal_()
-            blk.bias.pos_table.weight.normal_()
+            blk.bias.time_table.normal_()
+            blk.bias.pos_table.normal_()
     b = _batch(tiny)
     with torch.no_grad():
         ref, _ = reference_forward(model, b)
@@ -165,3 +165,16 @@ def test_size_presets_grow_the_dense_parameters(tiny):
     assert dense == sorted(dense) and len(set(dense)) == 4
     with pytest.raises(ValueError, match="size"):
         build_model(tiny.spec, {"name": "suan", "size": "size-9"})
+
+
+def test_small_table_lookup_gradient_equals_autograd():
+    from ctrscale.models.attention import table_lookup
+    torch.manual_seed(0)
+    table = torch.randn(7, requires_grad=True)
+    idx = torch.randint(0, 7, (4, 5, 6))
+    g = torch.randn(4, 5, 6)
+    (table_lookup(table, idx) * g).sum().backward()
+    ref_table = table.detach().clone().requires_grad_()
+    (ref_table[idx] * g).sum().backward()
+    torch.testing.assert_close(table.grad, ref_table.grad)
+    torch.testing.assert_close(table_lookup(table, idx), ref_table[idx])

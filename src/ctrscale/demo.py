@@ -19,7 +19,8 @@ COLUMNS = ["model", "test AUC", "test GAUC", "test logloss", "dense params", "GF
 def run_demo(out: Path, epochs: int = 2, models: list[str] | None = None, options: dict | None = None,
              seed: int = 0, progress: bool = True) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
-    path, report = catalog.prepare("synthetic", **(options or {}))
+    base = load_config(DEMO_CONFIG)
+    path, report = catalog.prepare("synthetic", **{**base.data.options, **(options or {})})
     if report is not None and progress:
         print((path / "report.md").read_text())
     results = []

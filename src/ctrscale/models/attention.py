@@ -54,27 +54,49 @@ class ReluFFN(nn.Sequential):
         super().__init__(nn.Linear(dim, mult * dim), nn.ReLU(), nn.Linear(mult * dim, dim))
 
 
+class _SmallTableLookup(torch.autograd.Function):
+    """table[idx] for a tiny table and a huge index tensor. Autograd's embedding backward scatters one row per
+    index (1 s for B*L*L indices on CPU); the same gradient is one bincount."""
+
+    @staticmethod
+    def forward(ctx, table: Tensor, idx: Tensor) -> Tensor:
+        ctx.save_for_backward(idx)
+        ctx.size = table.shape[0]
+        return table[idx]
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (idx,) = ctx.saved_tensors
+        g = torch.bincount(idx.reshape(-1), weights=grad.reshape(-1).float(), minlength=ctx.size)
+        return g.to(grad.dtype), None
+
+
+def table_lookup(table: Tensor, idx: Tensor) -> Tensor:
+    """Gather scalars from a 1-D table; gradients accumulate by bincount (tested against autograd's)."""
+    return _SmallTableLookup.apply(table, idx)
+
+
+def time_bucket(dt: Tensor) -> Tensor:
+    """SUAN's bucket of a time gap in seconds: floor(ln(max(|dt|, 1)) / 0.301), clipped to [0, 128]."""
+    return torch.floor(torch.log(dt.abs().clamp_min(1).float()) / 0.301).clamp_(0, 128).long()
+
+
 class TimePositionBias(nn.Module):
     """b_ij = f1(bucket(|t_i - t_j|)) + f2(i - j), one scalar table each, shared by all heads (SUAN).
-    bucket = floor(ln(max(|dt|, 1)) / 0.301) clipped to [0, 128]; relative positions clipped to max_pos."""
+    Relative positions beyond max_pos share the last entry."""
 
     def __init__(self, max_pos: int = 2048, time: bool = True, position: bool = True):
         super().__init__()
-        self.time_table = nn.Embedding(129, 1) if time else None
-        self.pos_table = nn.Embedding(max_pos + 1, 1) if position else None
+        self.time_table = nn.Parameter(torch.zeros(129)) if time else None
+        self.pos_table = nn.Parameter(torch.zeros(max_pos + 1)) if position else None
         self.max_pos = max_pos
-        for t in (self.time_table, self.pos_table):
-            if t is not None:
-                nn.init.zeros_(t.weight)
 
     def forward(self, t_q: Tensor, t_k: Tensor, rel_pos: Tensor) -> Tensor:
         out = 0.0
         if self.time_table is not None:
-            dt = (t_q - t_k).abs().clamp_min(1).double()
-            bucket = torch.floor(torch.log(dt) / 0.301).clamp(0, 128).long()
-            out = out + self.time_table(bucket).squeeze(-1)
+            out = out + table_lookup(self.time_table, time_bucket(t_q - t_k))
         if self.pos_table is not None:
-            out = out + self.pos_table(rel_pos.abs().clamp(max=self.max_pos)).squeeze(-1)
+            out = out + table_lookup(self.pos_table, rel_pos.abs().clamp(max=self.max_pos))
         return out
 
 
