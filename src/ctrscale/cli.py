@@ -1,4 +1,4 @@
-"""Command line: `ctrscale ls | data prepare | train | eval | compare | demo`."""
+"""Command line: `ctrscale ls | data prepare | train | distill | eval | compare | demo`."""
 from __future__ import annotations
 
 import argparse
@@ -53,6 +53,12 @@ def cmd_train(args) -> int:
     else:
         print(f"stopped at step {res['stopped_at_step']}; continue with --resume")
     return 0
+
+
+def cmd_distill(args) -> int:
+    """Online distillation: `--teacher` and `--student` are model configs in YAML flow style."""
+    args.overrides = [f"model={args.student}", f"distill.teacher={args.teacher}", *args.overrides]
+    return cmd_train(args)
 
 
 def cmd_eval(args) -> int:
@@ -113,6 +119,14 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
     s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.name=din train.epochs=2")
     s.set_defaults(fn=cmd_train)
+
+    s = sub.add_parser("distill", help="train a student with a teacher (online distillation)")
+    s.add_argument("--teacher", required=True, help="e.g. '{name: suan, size: size-3}'")
+    s.add_argument("--student", required=True, help="e.g. '{name: lightsuan}'")
+    s.add_argument("--config")
+    s.add_argument("--resume", action="store_true")
+    s.add_argument("overrides", nargs="*", help="e.g. distill.teacher_max_len=200 data.max_len=50")
+    s.set_defaults(fn=cmd_distill)
 
     s = sub.add_parser("eval", help="evaluate a run's checkpoint on a split")
     s.add_argument("run", help="run folder (holds config.yaml and best.pt)")

@@ -32,6 +32,9 @@ def from_dict(cls, raw: Any, where: str):
     out = {}
     for k, v in raw.items():
         t = hints.get(k)
+        options = [a for a in typing.get_args(t) if dataclasses.is_dataclass(a)]
+        if options and isinstance(v, dict):  # an optional section, `X | None`
+            t = options[0]
         if dataclasses.is_dataclass(t):
             v = from_dict(t, v, f"{where}.{k}")
         elif isinstance(v, list) and typing.get_origin(t) is tuple:

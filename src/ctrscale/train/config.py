@@ -50,6 +50,17 @@ class TrainSection:
 
 
 @dataclass
+class DistillSection:
+    """Online distillation (SUAN paper): a teacher trained together with the student on the same batches,
+    loss = BCE(student) + BCE(teacher) + weight * BCE(sigmoid(z_s / t), sigmoid(z_t / t)) with the teacher's
+    soft label detached. Only the student is kept for serving."""
+    teacher: dict = field(default_factory=dict)  # model config of the teacher: {name: suan, size: size-3, ...}
+    teacher_max_len: int | None = None           # the teacher's (longer) history; default: the student's
+    temperature: float = 2.0
+    weight: float | None = None                  # lambda; default = temperature (the paper's choice)
+
+
+@dataclass
 class RunConfig:
     name: str = "run"
     out_dir: str = "runs"
@@ -57,6 +68,7 @@ class RunConfig:
     data: DataSection = field(default_factory=DataSection)
     optim: OptimSection = field(default_factory=OptimSection)
     train: TrainSection = field(default_factory=TrainSection)
+    distill: DistillSection | None = None
 
     @property
     def run_dir(self) -> Path:
@@ -71,6 +83,8 @@ class RunConfig:
             raise ConfigError(f"train.precision: auto, fp32 or bf16, got {self.train.precision!r}")
         if self.train.early_stop_metric not in ("auc", "gauc"):
             raise ConfigError(f"train.early_stop_metric: auc or gauc, got {self.train.early_stop_metric!r}")
+        if self.distill is not None and "name" not in self.distill.teacher:
+            raise ConfigError("distill.teacher needs a model 'name'")
         if "name" not in self.model:
             raise ConfigError("model.name is required")
         return self

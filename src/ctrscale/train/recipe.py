@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from .. import metrics
 from ..accounting import count_params, inference_flops, training_flops_per_impression
@@ -155,8 +155,10 @@ def fit(cfg: RunConfig, resume: bool = False) -> dict:
     torch.manual_seed(cfg.train.seed)
     random.seed(cfg.train.seed)
     model = build_model(data.spec, cfg.model).to(device)
-    opt = make_optimizer(model, cfg.optim)
-    train_loader = Loader(data, "train", LoaderConfig(cfg.data.batch_size, max_len, cfg.data.num_workers,
+    step_loss = Objective(model, cfg, data.spec, max_len, device)
+    trainable = step_loss.trainable  # the model, or the student and its teacher together
+    opt = make_optimizer(trainable, cfg.optim)
+    train_loader = Loader(data, "train", LoaderConfig(cfg.data.batch_size, step_loss.load_len, cfg.data.num_workers,
                                                       shuffle=True), seed=cfg.train.seed)
     steps_per_epoch = train_loader.steps_per_epoch()
     sched = make_schedule(opt, cfg.optim, steps_per_epoch * cfg.train.epochs)
@@ -165,7 +167,7 @@ def fit(cfg: RunConfig, resume: bool = False) -> dict:
     last = run_dir / "last.pt"
     if resume and last.exists():
         ck = torch.load(last, weights_only=False)
-        model.load_state_dict(ck["model"])
+        trainable.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optim"])
         sched.load_state_dict(ck["sched"])
         _set_rng_state(ck["rng"])
@@ -177,11 +179,11 @@ def fit(cfg: RunConfig, resume: bool = False) -> dict:
     log = MetricLog(run_dir, st["step"])
 
     def checkpoint():
-        atomic_save({"model": model.state_dict(), "optim": opt.state_dict(), "sched": sched.state_dict(),
+        atomic_save({"model": trainable.state_dict(), "optim": opt.state_dict(), "sched": sched.state_dict(),
                      "rng": _rng_state(), "state": st, "config": cfg.to_dict()}, last)
 
     steps_this_process = 0
-    model.train()
+    trainable.train()
     while st["epoch"] < cfg.train.epochs and not st["done"]:
         epoch = st["epoch"]
         batches = train_loader.epoch(epoch, start_step=st["step_in_epoch"])
@@ -190,12 +192,11 @@ def fit(cfg: RunConfig, resume: bool = False) -> dict:
         for batch in batches:
             batch = batch.to(device, non_blocking=True)
             with autocast_for(device, cfg.train.precision):
-                logits = model(batch)
-            loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), batch.label)
+                loss = step_loss(batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.optim.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+                nn.utils.clip_grad_norm_(trainable.parameters(), cfg.optim.grad_clip)
             opt.step()
             sched.step()
             st["step"] += 1
@@ -242,8 +243,43 @@ def fit(cfg: RunConfig, resume: bool = False) -> dict:
                   f"logloss {m['logloss']:.4f}")
     log.close()
     results = finish(cfg, model, data, max_len, device, st, train_loader)
+    if step_loss.teacher is not None:  # kept for inspection; the student in best.pt serves alone
+        atomic_save(step_loss.teacher.state_dict(), run_dir / "teacher.pt")
+        results["teacher_test"] = evaluate(step_loss.teacher, data, "test", step_loss.load_len,
+                                           cfg.data.eval_batch_size, device, cfg.train.precision)
     (run_dir / "results.json").write_text(json.dumps(results, indent=1))
     return results
+
+
+def distill_loss(z_student: Tensor, z_teacher: Tensor, label: Tensor, temperature: float,
+                 weight: float) -> Tensor:
+    """loss1 + loss2 + weight * loss3 (SUAN eq. 17): both models fit the labels, and the student's softened
+    probability fits the teacher's, whose soft label is detached (the teacher learns from labels only)."""
+    bce = nn.functional.binary_cross_entropy_with_logits
+    soft = torch.sigmoid(z_teacher.detach() / temperature)
+    return bce(z_student, label) + bce(z_teacher, label) + weight * bce(z_student / temperature, soft)
+
+
+class Objective:
+    """The training loss of a run: plain BCE, or online distillation when the config has a `distill` section.
+    `load_len` is the history length batches are loaded with (the longer of student and teacher)."""
+
+    def __init__(self, model: nn.Module, cfg: RunConfig, spec, max_len: int, device):
+        self.model, self.max_len, self.dist = model, max_len, cfg.distill
+        self.trainable, self.load_len, self.teacher = model, max_len, None
+        if self.dist is not None:
+            self.teacher = build_model(spec, self.dist.teacher).to(device)
+            self.load_len = max(max_len, self.dist.teacher_max_len or max_len)
+            self.trainable = nn.ModuleDict({"student": model, "teacher": self.teacher})
+
+    def __call__(self, batch) -> Tensor:
+        if self.teacher is None:
+            return nn.functional.binary_cross_entropy_with_logits(self.model(batch).float(), batch.label)
+        d = self.dist
+        z_s = self.model(batch.with_max_len(self.max_len)).float()
+        z_t = self.teacher(batch.with_max_len(d.teacher_max_len or self.max_len)).float()
+        weight = d.weight if d.weight is not None else d.temperature
+        return distill_loss(z_s, z_t, batch.label, d.temperature, weight)
 
 
 def finish(cfg, model, data, max_len, device, st, train_loader) -> dict:
@@ -261,7 +297,8 @@ def finish(cfg, model, data, max_len, device, st, train_loader) -> dict:
             "inference_gflops_per_60": inference_flops(model, sample) / 1e9,
             "train_flops_per_impression": training_flops_per_impression(model, sample),
             "train_impressions_per_s": st["impressions"] / st["train_seconds"] if st["train_seconds"] else None,
-            "train_seconds": st["train_seconds"], "config": cfg.to_dict()}
+            "train_seconds": st["train_seconds"], "config": cfg.to_dict(),
+            "distilled_from": cfg.distill.teacher if cfg.distill else None}
 
 
 def _progress(cfg, total, initial, desc):
