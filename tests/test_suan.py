@@ -178,3 +178,21 @@ def test_small_table_lookup_gradient_equals_autograd():
     (ref_table[idx] * g).sum().backward()
     torch.testing.assert_close(table.grad, ref_table.grad)
     torch.testing.assert_close(table_lookup(table, idx), ref_table[idx])
+
+
+@pytest.mark.parametrize("local,dilation", [(4, 2), (3, 4)])
+def test_local_dilated_gradients_equal_reference(local, dilation):
+    q, k, v, times, valid = _inputs(n=10, seed=3)
+    bias = TimePositionBias(max_pos=64)
+    with torch.no_grad():
+        bias.time_table.normal_()
+        bias.pos_table.normal_()
+    grads = []
+    for fn in (local_dilated_attention, causal_self_attention):
+        xs = [t.clone().requires_grad_() for t in (q, k, v)]
+        bias.zero_grad()
+        out = fn(*xs, times, valid, bias, local, dilation)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        grads.append([x.grad for x in xs] + [bias.time_table.grad.clone(), bias.pos_table.grad.clone()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

@@ -175,9 +175,12 @@ def local_dilated_attention(q, k, v, times: Tensor, key_valid: Tensor, bias_fn: 
     def to_positions(x: Tensor) -> Tensor:  # (B, H, r, m, *) -> (B, H, n, *)
         return x.transpose(2, 3).reshape(b, h, m * r, *x.shape[4:])[:, :, :n]
 
-    mx = to_positions(s_d.amax(-1))                                                # (B, H, n)
-    if offsets:
-        mx = torch.maximum(mx, s_l.amax(-1))
+    # The joint row max only shifts logits for stability; the normalised result does not depend on it, so it is
+    # taken without autograd (amax would otherwise save the whole score tensor for its backward).
+    with torch.no_grad():
+        mx = to_positions(s_d.amax(-1))                                            # (B, H, n)
+        if offsets:
+            mx = torch.maximum(mx, s_l.amax(-1))
     mx_c = to_classes(mx.reshape(b * h, n)).reshape(b, h, r, m)
     p_d = torch.exp(s_d - mx_c.unsqueeze(-1))
     num = to_positions(p_d @ vc)
