@@ -33,8 +33,9 @@ def test_hstu_cached_candidates_equal_full_sequence_reference(tiny):
             u, v, q, k = layer._project(x)
             bias = layer.bias(times[:, :, None], times[:, None, :], pos[:, None] - pos[None, :]).unsqueeze(1)
             x = layer._finish(x, pointwise_attention(q, k, v, allowed, bias), u)
-        other = torch.cat([emb.sparse(b.sparse, model.other_idx).flatten(-2), emb.numeric(b.dense).flatten(-2)], -1)
-        prof = emb.sparse(b.sparse, model.profile_idx).flatten(-2)
+        item_ctx = emb.spec.sparse_of_role("item", "context")
+        other = torch.cat([emb.sparse(b.sparse, item_ctx).flatten(-2), emb.numeric(b.dense).flatten(-2)], -1)
+        prof = emb.sparse(b.sparse, emb.spec.sparse_of_role("user")).flatten(-2)
         ref = model.head(torch.cat([model.final_norm(x[:, -1]), prof, other], -1)).squeeze(-1)
         torch.testing.assert_close(model(b), ref, rtol=1e-4, atol=1e-5)
 

@@ -84,7 +84,7 @@ def reference_forward(model, batch):
     pos = torch.arange(n)
     pattern = sparse_pattern(n, cfg.local, cfg.dilation) if cfg.local else pos[:, None] >= pos[None, :]
     allowed = pattern & (valid[:, None, None, :] | torch.eye(n, dtype=torch.bool))
-    profile = emb.sparse(batch.sparse, model.profile_idx)
+    profile = emb.sparse(batch.sparse, emb.spec.sparse_of_role("user"))
     gates = []
     for blk in model.blocks:
         x = blk.norm1(e)
@@ -100,8 +100,8 @@ def reference_forward(model, batch):
         e = e + w[:, 0, None] * e_self + w[:, 1, None] * e_cross
         e = e + blk.ffn(blk.norm2(e))
     rep = model.final_norm(e[:, -1])
-    other = torch.cat([emb.sparse(batch.sparse, model.other_idx).flatten(-2), emb.numeric(batch.dense).flatten(-2)],
-                      -1)
+    item_ctx = emb.spec.sparse_of_role("item", "context")
+    other = torch.cat([emb.sparse(batch.sparse, item_ctx).flatten(-2), emb.numeric(batch.dense).flatten(-2)], -1)
     return model.head(torch.cat([rep, profile.flatten(-2), other], -1)).squeeze(-1), gates
 
 

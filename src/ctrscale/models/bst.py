@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from ..batch import Batch
 from ..data.dataset import DataSpec
 from .base import CTRModel
-from .layers import MLP, FeatureEmbedding, masked_mean
+from .layers import MLP, FeatureEmbedding, masked_mean, require_history
 from .registry import register
 
 
@@ -54,18 +54,15 @@ class BSTLayer(nn.Module):
 class BST(CTRModel):
     def __init__(self, spec: DataSpec, cfg: BSTConfig):
         super().__init__()
-        if not spec.hist:
-            raise ValueError("BST needs a behavior sequence in the data")
+        require_history(spec, "BST")
         self.cfg = cfg
         d = cfg.embed_dim
         self.emb = FeatureEmbedding(spec, d)
-        self.profile_idx = spec.sparse_of_role("user")
-        self.other_idx = spec.sparse_of_role("item", "context")
         dim = len(spec.hist) * d
         self.time_pos = nn.Embedding(64, dim)
         nn.init.normal_(self.time_pos.weight, std=0.01)
         self.layers = nn.ModuleList(BSTLayer(dim, cfg.heads, cfg.ffn_mult, cfg.dropout) for _ in range(cfg.layers))
-        head_in = 2 * dim + (len(self.profile_idx) + len(self.other_idx) + len(spec.dense)) * d
+        head_in = 2 * dim + self.emb.side_width
         self.head = MLP(head_in, cfg.head_hidden, 1, cfg.dropout, activation=nn.LeakyReLU)
 
     def forward(self, batch: Batch) -> Tensor:
@@ -77,9 +74,8 @@ class BST(CTRModel):
         valid = torch.cat([batch.hist_mask, torch.ones_like(batch.hist_mask[:, :1])], 1)
         for layer in self.layers:
             x = layer(x, valid)
-        rep = [x[:, -1], masked_mean(x[:, :-1], batch.hist_mask, dim=1),
-               self.emb.sparse(batch.sparse, self.profile_idx).flatten(-2),
-               self.emb.sparse(batch.sparse, self.other_idx).flatten(-2), self.emb.numeric(batch.dense).flatten(-2)]
+        rep = [x[:, -1], masked_mean(x[:, :-1], batch.hist_mask, dim=1), self.emb.profile(batch.sparse).flatten(-2),
+               self.emb.other_flat(batch.sparse, batch.dense)]
         return self.head(torch.cat(rep, -1)).squeeze(-1)
 
 

@@ -20,7 +20,7 @@ from ..batch import Batch
 from ..data.dataset import DataSpec
 from .attention import TimePositionBias
 from .base import CTRModel
-from .layers import MLP, FeatureEmbedding
+from .layers import MLP, FeatureEmbedding, require_history
 from .registry import register
 
 
@@ -87,18 +87,14 @@ class HSTULayer(nn.Module):
 class HSTU(CTRModel):
     def __init__(self, spec: DataSpec, cfg: HSTUConfig):
         super().__init__()
-        if not spec.hist:
-            raise ValueError("HSTU needs a behavior sequence in the data")
+        require_history(spec, "HSTU")
         self.cfg = cfg
         d = cfg.embed_dim
         self.emb = FeatureEmbedding(spec, d)
-        self.profile_idx = spec.sparse_of_role("user")
-        self.other_idx = spec.sparse_of_role("item", "context")
         dim = len(spec.hist) * d
         self.layers = nn.ModuleList(HSTULayer(dim, cfg.heads, cfg.max_pos) for _ in range(cfg.layers))
         self.final_norm = nn.LayerNorm(dim)
-        head_in = dim + (len(self.profile_idx) + len(self.other_idx) + len(spec.dense)) * d
-        self.head = MLP(head_in, cfg.head_hidden, 1, cfg.dropout)
+        self.head = MLP(dim + self.emb.side_width, cfg.head_hidden, 1, cfg.dropout)
 
     def encode_user(self, context: Batch):
         x = self.emb.hist(context.hist).flatten(-2)
@@ -106,7 +102,7 @@ class HSTU(CTRModel):
         for layer in self.layers:
             x, cache = layer.history(x, context.hist_time, context.hist_mask)
             caches.append(cache)
-        profile = self.emb.sparse(context.sparse, self.profile_idx).flatten(-2)
+        profile = self.emb.profile(context.sparse).flatten(-2)
         return caches, context.hist_time, context.hist_mask, context.time, profile
 
     def score_candidates(self, state, cand_sparse: Tensor, cand_dense: Tensor) -> Tensor:
@@ -115,9 +111,8 @@ class HSTU(CTRModel):
         x = self.emb.candidate_as_behavior(cand_sparse).flatten(-2)               # (R, C, D)
         for layer, cache in zip(self.layers, caches):
             x = layer.candidates(x, cache, t_cand, times, valid)
-        other = torch.cat([self.emb.sparse(cand_sparse, self.other_idx).flatten(-2),
-                           self.emb.numeric(cand_dense).flatten(-2)], -1)
-        feats = [self.final_norm(x), profile.unsqueeze(1).expand(r, c, -1), other]
+        feats = [self.final_norm(x), profile.unsqueeze(1).expand(r, c, -1),
+                 self.emb.other_flat(cand_sparse, cand_dense)]
         return self.head(torch.cat(feats, -1)).squeeze(-1)
 
     def forward(self, batch: Batch) -> Tensor:

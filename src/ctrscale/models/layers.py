@@ -7,6 +7,11 @@ from torch import Tensor, nn
 from ..data.dataset import DataSpec
 
 
+def require_history(spec: DataSpec, model: str) -> None:
+    if not spec.hist:
+        raise ValueError(f"{model} needs a behavior sequence in the data")
+
+
 class FeatureEmbedding(nn.Module):
     """One embedding table per vocabulary (a behavior field shares its item field's table), and a per-field
     affine map for numeric fields, all of width `dim`. Id 0 (padding) embeds to zeros."""
@@ -45,6 +50,20 @@ class FeatureEmbedding(nn.Module):
         no candidate counterpart (a rating, an action) gets zeros."""
         ids = sparse_ids[..., self._align] * self._align_ok
         return self.hist(ids)
+
+    # The split the sequence models use: profile tokens (user fields) kept apart, the candidate's and the
+    # context's fields and the numerics flattened for the head.
+    def profile(self, sparse_ids: Tensor) -> Tensor:  # (..., F_sparse) -> (..., n_user, d)
+        return self.sparse(sparse_ids, self.spec.sparse_of_role("user"))
+
+    def other_flat(self, sparse_ids: Tensor, dense: Tensor) -> Tensor:  # -> (..., (n_item + n_ctx + F_dense) * d)
+        return torch.cat([self.sparse(sparse_ids, self.spec.sparse_of_role("item", "context")).flatten(-2),
+                          self.numeric(dense).flatten(-2)], -1)
+
+    @property
+    def side_width(self) -> int:
+        """Width of [flattened profile, other_flat]: what a sequence model's head gets beside the sequence."""
+        return self.out_flat
 
     @property
     def out_flat(self) -> int:

@@ -40,7 +40,7 @@ from .attention import (
     make_norm,
 )
 from .base import CTRModel
-from .layers import MLP, Dice, FeatureEmbedding, masked_mean
+from .layers import MLP, Dice, FeatureEmbedding, masked_mean, require_history
 from .registry import register
 
 # (embed_dim d, layers, heads) of the paper's Table 4
@@ -176,22 +176,19 @@ class SUAN(CTRModel):
             d, layers, heads = cfg.embed_dim, cfg.layers, cfg.heads
         if cfg.local < 0 or cfg.dilation < 1:
             raise ValueError("LightSUAN needs local >= 0 and dilation >= 1")
-        if not spec.hist:
-            raise ValueError("SUAN needs a behavior sequence in the data")
+        require_history(spec, "SUAN")
         self.cfg = cfg
         self.emb = FeatureEmbedding(spec, d)
-        self.profile_idx = spec.sparse_of_role("user")
-        self.other_idx = spec.sparse_of_role("item", "context")
         dim = len(spec.hist) * d
         self.blocks = nn.ModuleList(UAB(dim, d, cfg, heads) for _ in range(layers))
         self.final_norm = make_norm(cfg.norm, dim) if cfg.prenorm else nn.Identity()
         rep = dim if cfg.target_aware else 2 * dim
-        head_in = rep + (len(self.profile_idx) + len(self.other_idx) + len(spec.dense)) * d
+        head_in = rep + self.emb.side_width
         act = Dice if cfg.head_activation == "dice" else nn.ReLU
         self.head = MLP(head_in, cfg.head_hidden, 1, cfg.dropout, activation=act)
 
     def encode_user(self, context: Batch) -> _State:
-        profile = self.emb.sparse(context.sparse, self.profile_idx)                 # (R, n2, d)
+        profile = self.emb.profile(context.sparse)                                     # (R, n2, d)
         e = self.emb.hist(context.hist).flatten(-2)                                    # (R, L, D)
         valid, times = context.hist_mask, context.hist_time
         caches = []
@@ -211,8 +208,7 @@ class SUAN(CTRModel):
         else:  # variant D: the candidate meets the sequence only in the head
             pooled = masked_mean(self.final_norm(state.hist), state.valid, dim=1)
             rep = torch.cat([pooled.unsqueeze(1).expand(r, c, -1), token], -1)
-        other = torch.cat([self.emb.sparse(cand_sparse, self.other_idx).flatten(-2),
-                           self.emb.numeric(cand_dense).flatten(-2)], -1)
+        other = self.emb.other_flat(cand_sparse, cand_dense)
         profile = state.profile.flatten(-2).unsqueeze(1).expand(r, c, -1)
         return self.head(torch.cat([rep, profile, other], -1)).squeeze(-1)
 
