@@ -164,6 +164,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results/suan.json")
     ap.add_argument("--quick", action="store_true", help="fewer lengths and repeats")
+    ap.add_argument("--lengths", nargs="*", type=int, help="history lengths for #1 (default 128 .. 2048)")
+    ap.add_argument("--no-scoring", action="store_true", help="skip #2 (request scoring)")
     ap.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -171,10 +173,10 @@ def main(argv=None):
         print(peak_memory_child(name, int(r), int(n), int(b), mode))
         return
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    lengths = [128, 512, 1024] if args.quick else [128, 256, 512, 1024, 2048]
+    lengths = args.lengths or ([128, 512, 1024] if args.quick else [128, 256, 512, 1024, 2048])
     repeats = 3 if args.quick else 5
     sparse = sparse_vs_full(lengths, [2, 4, 8], 16, repeats, device)
-    scoring = request_scoring(1000, [1, 10, 100, 1000], 3, device)
+    scoring = [] if args.no_scoring else request_scoring(1000, [1, 10, 100, 1000], 3, device)
     write({"benchmark": "suan_vs_lightsuan", "sparse_vs_full": sparse, "request_scoring": scoring}, args.out)
 
 

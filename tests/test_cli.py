@@ -48,3 +48,17 @@ def test_prepare_any_csv_with_a_schema(tmp_path, capsys):
     assert main(base + ["--on-bad-row", "skip"]) == 0
     out = capsys.readouterr().out
     assert "label not 0/1: 1" in out and "prepared into" in out
+
+
+def test_compare_two_models_over_two_seeds(tiny, tmp_path, capsys):
+    args = ["compare", "--data", "synthetic", "--models", "mlp", "din", "--seeds", "0", "1", "--out",
+            str(tmp_path), f"data.path={tiny.root}", "train.epochs=1", "data.max_len=10", "data.batch_size=512"]
+    assert main(args) == 0
+    report = json.loads((tmp_path / "comparison.json").read_text())
+    assert [r["seed"] for r in report["runs"]["din"]] == [0, 1]
+    test = report["tests"]["din - mlp"]
+    aucs = lambda m: [r["test"]["auc"] for r in report["runs"][m]]  # noqa: E731
+    assert abs(test["auc_seeds"]["mean_diff"] - (sum(aucs("din")) - sum(aucs("mlp"))) / 2) < 1e-12
+    assert test["bootstrap_users"]["auc"]["ci95"][0] <= test["bootstrap_users"]["auc"]["ci95"][1]
+    assert "din − mlp" in (tmp_path / "comparison.md").read_text()
+    assert main(args) == 0  # finished runs are reused, not retrained

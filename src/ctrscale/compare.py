@@ -70,15 +70,20 @@ def summarize(runs: dict[str, list[dict]], out: Path) -> dict:
             p, b = preds[m], preds[base]
             boot = metrics.paired_bootstrap(p["label"], p["prob"], b["prob"], p["user"], n_boot=1000, seed=0)
         tests[f"{m} - {base}"] = {"auc_seeds": seed_auc, "gauc_seeds": seed_gauc, "bootstrap_users": boot}
-        md += ["", f"**{m} − {base}**: AUC diff {seed_auc['mean_diff']:+.4f} (paired t over seeds p = "
-               f"{seed_auc['p_value']:.3g}, 95% CI {_ci(seed_auc['ci95'])}); GAUC diff "
-               f"{seed_gauc['mean_diff']:+.4f} (p = {seed_gauc['p_value']:.3g}, CI {_ci(seed_gauc['ci95'])})."]
+        md += ["", f"**{m} − {base}**: AUC diff {seed_auc['mean_diff']:+.4f} {_test(seed_auc)}; GAUC diff "
+               f"{seed_gauc['mean_diff']:+.4f} {_test(seed_gauc)}."]
         if boot:
             md.append(f"Bootstrap over users of the seed-averaged predictions: AUC diff "
                       f"{boot['auc']['diff']:+.4f} CI {_ci(boot['auc']['ci95'])}, GAUC diff "
                       f"{boot['gauc']['diff']:+.4f} CI {_ci(boot['gauc']['ci95'])}.")
     return {"runs": {m: [{k: r[k] for k in ("seed", "test", "valid", "best_epoch", "params")} for r in rs]
                      for m, rs in runs.items()}, "tests": tests, "markdown": "\n".join(md) + "\n"}
+
+
+def _test(t: dict) -> str:
+    if t["note"]:
+        return f"({t['note']})"
+    return f"(paired t over seeds p = {t['p_value']:.3g}, 95% CI {_ci(t['ci95'])})"
 
 
 def _ci(ci) -> str:
