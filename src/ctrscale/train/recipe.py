@@ -305,7 +305,8 @@ def _progress(cfg, total, initial, desc):
     if not cfg.train.progress:
         return None
     from tqdm.auto import tqdm
-    return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True)
+    # disable=None: a bar on a terminal, none in a log file (where each redraw would add a line)
+    return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True, disable=None)
 
 
 def _say(cfg, msg: str) -> None:
