@@ -46,3 +46,16 @@ def test_distill_run_saves_a_student_that_serves_alone(tiny, tmp_path, capsys):
     from ctrscale.accounting import inference_flops
     plain = build_model(tiny.spec, cfg.model)
     assert inference_flops(student, b) == inference_flops(plain, b)  # same serving cost as an undistilled one
+
+
+def test_eval_reads_the_student_from_either_checkpoint(tiny, tmp_path, capsys):
+    args = ["distill", "--teacher", "{name: suan, embed_dim: 4, layers: 1, heads: 1, head_hidden: [8]}",
+            "--student", "{name: mlp, embed_dim: 4, hidden: [8]}", f"data.path={tiny.root}", "data.max_len=6",
+            "name=e", f"out_dir={tmp_path}", "train.epochs=1", "train.progress=false", "data.batch_size=512"]
+    assert main(args) == 0
+    capsys.readouterr()
+    aucs = []
+    for ck in ("best", "last"):
+        assert main(["eval", str(tmp_path / "e"), "--checkpoint", ck]) == 0
+        aucs.append(json.loads(capsys.readouterr().out)["auc"])
+    assert aucs[0] == aucs[1] == json.loads((tmp_path / "e" / "results.json").read_text())["test"]["auc"]

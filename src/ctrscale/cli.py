@@ -74,7 +74,10 @@ def cmd_eval(args) -> int:
     device = resolve_device(cfg.train.device)
     model = build_model(data.spec, cfg.model).to(device)
     ck = torch.load(run / f"{args.checkpoint}.pt", weights_only=False, map_location=device)
-    model.load_state_dict(ck["model"] if "model" in ck else ck)
+    state = ck["model"] if "model" in ck else ck
+    if cfg.distill is not None and args.checkpoint == "last":  # last.pt holds student and teacher together
+        state = {k[len("student."):]: v for k, v in state.items() if k.startswith("student.")}
+    model.load_state_dict(state)
     max_len = cfg.data.max_len or data.spec.max_len
     m = evaluate(model, data, args.split, max_len, cfg.data.eval_batch_size, device, cfg.train.precision)
     print(json.dumps(m, indent=1))
