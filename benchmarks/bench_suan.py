@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 import torch
-from common import median_time, write
+from common import interleaved_medians, keep_freed_memory, median_time, write
 
 from ctrscale.accounting import inference_flops
 from ctrscale.batch import Batch
@@ -109,11 +109,7 @@ def sparse_vs_full(lengths, dilations, batch_size, repeats, device) -> list[dict
                     fns = [lambda m=m: train_step(m, batch) for m in (full, light)]
                 else:
                     fns = [lambda m=m: torch.no_grad()(m)(batch) for m in (full, light)]
-                t_full, t_light = [], []
-                for _ in range(repeats):  # interleaved
-                    t_full.append(median_time(fns[0], 1, 0))
-                    t_light.append(median_time(fns[1], 1, 0))
-                t_full, t_light = sorted(t_full)[repeats // 2], sorted(t_light)[repeats // 2]
+                t_full, t_light = interleaved_medians(fns, repeats)
                 ratio = t_light / t_full
                 row[mode] = {"seconds_full": t_full, "seconds_light": t_light, "time_ratio": ratio,
                              "realised": (1 - ratio) / (1 - row["flops_ratio"]) if row["flops_ratio"] < 1 else None}
@@ -165,7 +161,8 @@ def main(argv=None):
     ap.add_argument("--out", default="benchmarks/results/suan.json")
     ap.add_argument("--quick", action="store_true", help="fewer lengths and repeats")
     ap.add_argument("--lengths", nargs="*", type=int, help="history lengths for #1 (default 128 .. 2048)")
-    ap.add_argument("--no-scoring", action="store_true", help="skip #2 (request scoring)")
+    ap.add_argument("--no-scoring", action="store_true",
+                    help="skip #2 (request scoring), keeping the #2 figures already in --out")
     ap.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -173,10 +170,15 @@ def main(argv=None):
         print(peak_memory_child(name, int(r), int(n), int(b), mode))
         return
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    keep_freed_memory()
     lengths = args.lengths or ([128, 512, 1024] if args.quick else [128, 256, 512, 1024, 2048])
     repeats = 3 if args.quick else 5
     sparse = sparse_vs_full(lengths, [2, 4, 8], 16, repeats, device)
-    scoring = [] if args.no_scoring else request_scoring(1000, [1, 10, 100, 1000], 3, device)
+    if args.no_scoring:
+        old = Path(args.out)
+        scoring = json.loads(old.read_text()).get("request_scoring", []) if old.exists() else []
+    else:
+        scoring = request_scoring(1000, [1, 10, 100, 1000], 3, device)
     write({"benchmark": "suan_vs_lightsuan", "sparse_vs_full": sparse, "request_scoring": scoring}, args.out)
 
 

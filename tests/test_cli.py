@@ -51,7 +51,8 @@ def test_prepare_any_csv_with_a_schema(tmp_path, capsys):
 
 
 def test_compare_two_models_over_two_seeds(tiny, tmp_path, capsys):
-    args = ["compare", "--data", "synthetic", "--models", "mlp", "din", "--seeds", "0", "1", "--out",
+    args = ["compare", "--data", "synthetic", "--models", "mlp", "din", "din-d4:model.embed_dim=4", "--seeds", "0", "1",
+            "--out",
             str(tmp_path), f"data.path={tiny.root}", "train.epochs=1", "data.max_len=10", "data.batch_size=512"]
     assert main(args) == 0
     report = json.loads((tmp_path / "comparison.json").read_text())
@@ -61,4 +62,17 @@ def test_compare_two_models_over_two_seeds(tiny, tmp_path, capsys):
     assert abs(test["auc_seeds"]["mean_diff"] - (sum(aucs("din")) - sum(aucs("mlp"))) / 2) < 1e-12
     assert test["bootstrap_users"]["auc"]["ci95"][0] <= test["bootstrap_users"]["auc"]["ci95"][1]
     assert "din − mlp" in (tmp_path / "comparison.md").read_text()
+    variant = json.loads((tmp_path / "din-d4-s1" / "results.json").read_text())["config"]
+    assert variant["model"] == {"name": "din", "embed_dim": 4} and variant["train"]["seed"] == 1
     assert main(args) == 0  # finished runs are reused, not retrained
+
+
+def test_compare_model_entries():
+    from ctrscale.compare import parse_model_entry
+    assert parse_model_entry("din") == ("din", ["model.name=din"])
+    assert parse_model_entry("suan-L500:data.max_len=500; model.size=size-3") == (
+        "suan-L500", ["model.name=suan", "data.max_len=500", "model.size=size-3"])
+    label, own = parse_model_entry("ls-distilled:model.name=lightsuan;distill.teacher={name: suan, size: size-3}")
+    assert label == "ls-distilled" and own == ["model.name=lightsuan", "distill.teacher={name: suan, size: size-3}"]
+    with pytest.raises(ValueError, match="plain name"):
+        parse_model_entry("a/b:model.name=din")

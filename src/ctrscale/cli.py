@@ -139,7 +139,8 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("compare", help="models x seeds on one dataset, with paired tests")
     s.add_argument("--data", required=True, help="dataset name (see `data prepare`)")
-    s.add_argument("--models", nargs="+", required=True, help="the first one is the baseline")
+    s.add_argument("--models", nargs="+", required=True,
+                   help="the first one is the baseline; LABEL:k=v;k=v for a variant")
     s.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     s.add_argument("--out", default="runs/compare")
     s.add_argument("--config", help="base run config YAML")

@@ -2,10 +2,13 @@
 
     ctrscale compare --data ml100k-ctr-v1 --models mlp din --seeds 0 1 2 [key=value ...]
 
-Each (model, seed) is an ordinary training run under <out>/<model>-s<seed> (finished runs are reused, so a
-stopped comparison continues). The report gives test AUC / GAUC / logloss as mean ± std over seeds and, for each
-model against the first one, a paired t-test over seeds and a paired bootstrap over users of the seed-averaged
-test predictions."""
+A model entry is a registered name or `label:key=value;key=value`, a labelled variant with its own overrides
+(applied after the shared ones), e.g. `suan-L500:model.name=suan;data.max_len=500` or
+`suan-E:model.name=suan;model.attention_bias=false`; without a `model` override the label's text before the
+first '-' names the model. Each (label, seed) is an ordinary training run under <out>/<label>-s<seed> (finished
+runs are reused, so a stopped comparison continues). The report gives test AUC / GAUC / logloss as mean ± std
+over seeds and, for each model against the first one, a paired t-test over seeds and a paired bootstrap over users
+of the seed-averaged test predictions."""
 from __future__ import annotations
 
 import json
@@ -23,16 +26,17 @@ def run_compare(data: str, models: list[str], seeds: list[int], out: Path, overr
                 config: str | None = None, progress: bool = True) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     runs: dict[str, list[dict]] = {}
-    for model in models:
+    for entry in models:
+        model, own = parse_model_entry(entry)
         for seed in seeds:
             name = f"{model}-s{seed}"
             done = out / name / "results.json"
             if done.exists():
                 res = json.loads(done.read_text())
             else:
-                cfg = load_config(config, [f"name={name}", f"out_dir={out}", f"model.name={model}",
-                                           f"data.name={data}", f"train.seed={seed}",
-                                           f"train.progress={str(progress).lower()}", *overrides])
+                cfg = load_config(config, [f"name={name}", f"out_dir={out}", f"data.name={data}",
+                                           f"train.seed={seed}", f"train.progress={str(progress).lower()}",
+                                           *overrides, *own])
                 res = fit(cfg, resume=True)
             runs.setdefault(model, []).append(res)
     report = summarize(runs, out)
@@ -40,6 +44,20 @@ def run_compare(data: str, models: list[str], seeds: list[int], out: Path, overr
     (out / "comparison.md").write_text(report["markdown"])
     print(report["markdown"])
     return report
+
+
+def parse_model_entry(entry: str) -> tuple[str, list[str]]:
+    """'din' -> ('din', ['model.name=din']); 'suan-L500:model.name=suan;data.max_len=500' -> the label and its
+    overrides. The label is the run-folder prefix, so it must be a plain name."""
+    label, sep, rest = entry.partition(":")
+    if not sep or "=" in label or "{" in label:
+        label, rest = entry, ""
+    if not label or any(c in label for c in "/ \t"):
+        raise ValueError(f"compare: model entry {entry!r}: the label must be a plain name")
+    own = [o.strip() for o in rest.split(";") if o.strip()]
+    if not any(o.startswith(("model.name=", "model=")) for o in own):
+        own.insert(0, f"model.name={label.split('-')[0]}")
+    return label, own
 
 
 def _mean_std(xs) -> str:

@@ -143,53 +143,41 @@ def local_dilated_attention(q, k, v, times: Tensor, key_valid: Tensor, bias_fn: 
     m = -(-n // r)  # ceil(n / r)
     pad = m * r - n
 
-    def to_classes(x: Tensor) -> Tensor:  # (..., n, *) -> (..., r, m, *): [c, a] = position a * r + c
-        x = F.pad(x, (0, 0, 0, pad)) if x.dim() == 4 else F.pad(x, (0, pad))
-        if x.dim() == 4:
-            return x.view(b, h, m, r, dh).transpose(2, 3)
-        return x.view(x.shape[0], m, r).transpose(1, 2)
+    def to_classes(x: Tensor, lead: int) -> Tensor:  # (*lead, n, *rest) -> (*lead, r, m, *rest): [c, a] = a*r + c
+        x = F.pad(x, (0, 0) * (x.dim() - lead - 1) + (0, pad))
+        return x.view(*x.shape[:lead], m, r, *x.shape[lead + 1:]).transpose(lead, lead + 1)
 
-    qc, kc, vc = to_classes(q), to_classes(k), to_classes(v)                       # (B, H, r, m, Dh)
-    tc = to_classes(times)                                                         # (B, r, m)
-    validc = to_classes(key_valid.to(torch.int8)).bool()
+    qc, kc, vc = to_classes(q, 2), to_classes(k, 2), to_classes(v, 2)              # (B, H, r, m, Dh)
+    tc = to_classes(times, 1)                                                      # (B, r, m)
+    validc = to_classes(key_valid, 1)
     a = torch.arange(m, device=q.device)
     causal = a[:, None] >= a[None, :]
     allowed = causal & (validc[:, None, :, None, :] | torch.eye(m, dtype=torch.bool, device=q.device))
-    s_d = (qc @ kc.transpose(-1, -2)) * scale                                      # (B, H, r, m, m)
+    s = (qc @ kc.transpose(-1, -2)) * scale                                        # (B, H, r, m, m)
     if bias_fn is not None:
-        s_d = s_d + bias_fn(tc[..., :, None], tc[..., None, :], (a[:, None] - a[None, :]) * r).unsqueeze(1)
-    s_d = s_d.masked_fill(~allowed, float("-inf"))
+        s = s + bias_fn(tc[..., :, None], tc[..., None, :], (a[:, None] - a[None, :]) * r).unsqueeze(1)
+    s = s.masked_fill(~allowed, float("-inf"))
 
     offsets = [o for o in range(1, local) if o % r]
-    if offsets:
-        ks = torch.stack([F.pad(k, (0, 0, o, 0))[:, :, :n] for o in offsets], 3)   # (B, H, n, O, Dh)
-        vs = torch.stack([F.pad(v, (0, 0, o, 0))[:, :, :n] for o in offsets], 3)
-        s_l = torch.einsum("bhnd,bhnod->bhno", q, ks) * scale                      # (B, H, n, O)
-        off = torch.tensor(offsets, device=q.device)
-        t_k = torch.stack([F.pad(times, (o, 0))[:, :n] for o in offsets], 2)        # (B, n, O)
-        ok = torch.stack([F.pad(key_valid.to(torch.int8), (o, 0))[:, :n] for o in offsets], 2).bool()
+    if offsets:  # the local keys outside the dilated set, as O shifted copies of K, laid out by class too
+        def shifted(x: Tensor, dim: int) -> Tensor:  # (..., n, *) -> (..., n, O, *): [i, o] = x[i - offsets[o]]
+            moved = [F.pad(x, (0, 0) * (x.dim() - dim - 1) + (o, 0)).narrow(dim, 0, n) for o in offsets]
+            return torch.stack(moved, dim + 1)
+
+        ks, vs = to_classes(shifted(k, 2), 2), to_classes(shifted(v, 2), 2)       # (B, H, r, m, O, Dh)
+        s_l = torch.einsum("bhrmd,bhrmod->bhrmo", qc, ks) * scale                 # (B, H, r, m, O)
         if bias_fn is not None:
-            s_l = s_l + bias_fn(times[:, :, None], t_k, off).unsqueeze(1)
-        s_l = s_l.masked_fill(~ok.unsqueeze(1), float("-inf"))
-
-    def to_positions(x: Tensor) -> Tensor:  # (B, H, r, m, *) -> (B, H, n, *)
-        return x.transpose(2, 3).reshape(b, h, m * r, *x.shape[4:])[:, :, :n]
-
-    # The joint row max only shifts logits for stability; the normalised result does not depend on it, so it is
-    # taken without autograd (amax would otherwise save the whole score tensor for its backward).
-    with torch.no_grad():
-        mx = to_positions(s_d.amax(-1))                                            # (B, H, n)
-        if offsets:
-            mx = torch.maximum(mx, s_l.amax(-1))
-    mx_c = to_classes(mx.reshape(b * h, n)).reshape(b, h, r, m)
-    p_d = torch.exp(s_d - mx_c.unsqueeze(-1))
-    num = to_positions(p_d @ vc)
-    den = to_positions(p_d.sum(-1))
-    if offsets:
-        p_l = torch.exp(s_l - mx.unsqueeze(-1))
-        num = num + torch.einsum("bhno,bhnod->bhnd", p_l, vs)
-        den = den + p_l.sum(-1)
-    return num / den.unsqueeze(-1)
+            t_k = shifted(times, 1)                                                # (B, n, O)
+            off = torch.tensor(offsets, device=q.device)
+            s_l = s_l + to_classes(bias_fn(times[:, :, None], t_k, off), 1).unsqueeze(1)
+        ok = shifted(key_valid, 1)
+        s_l = s_l.masked_fill(~to_classes(ok, 1).unsqueeze(1), float("-inf"))
+        # One fused softmax over both key sets (each key once): the joint max and normaliser come for free.
+        w = torch.softmax(torch.cat([s, s_l], -1), -1)
+        out = w[..., :m] @ vc + torch.einsum("bhrmo,bhrmod->bhrmd", w[..., m:], vs)
+    else:
+        out = torch.softmax(s, -1) @ vc
+    return out.transpose(2, 3).reshape(b, h, m * r, dh)[:, :, :n]                  # back to positions
 
 
 def candidate_keys(n: int, local: int, dilation: int, device=None) -> Tensor:
