@@ -23,6 +23,7 @@ bench: setup
 	$(PY) benchmarks/bench_loader.py
 	$(PY) benchmarks/bench_gauc.py
 	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_suan.py
 
 clean:
 	rm -rf $(VENV) reports runs

@@ -45,23 +45,6 @@ def test_local_dilated_equals_dense_masked_reference(n, local, dilation):
     assert torch.isfinite(got).all()
 
 
-@pytest.mark.parametrize("n,local,dilation", [(11, 4, 2), (12, 3, 4), (16, 4, 8)])
-def test_local_dilated_gradients_equal_dense_reference(n, local, dilation):
-    q, k, v, times, valid = _inputs(n=n)
-    bias = TimePositionBias(max_pos=64)
-    with torch.no_grad():
-        for t in (bias.time_table, bias.pos_table):
-            t.normal_()
-    grads = []
-    for fn in (local_dilated_attention, causal_self_attention):
-        leaves = [x.clone().requires_grad_() for x in (q, k, v)]
-        bias.zero_grad()
-        (fn(*leaves, times, valid, bias, local, dilation) * torch.linspace(-1, 1, q.shape[-1])).sum().backward()
-        grads.append([x.grad for x in leaves] + [bias.time_table.grad.clone(), bias.pos_table.grad.clone()])
-    for got, ref in zip(*grads):
-        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
-
-
 def test_sparse_pattern_counts_each_key_once():
     p = sparse_pattern(10, 3, 4)
     assert p[9].nonzero().squeeze(1).tolist() == [1, 5, 7, 8, 9]
@@ -197,9 +180,9 @@ def test_small_table_lookup_gradient_equals_autograd():
     torch.testing.assert_close(table_lookup(table, idx), ref_table[idx])
 
 
-@pytest.mark.parametrize("local,dilation", [(4, 2), (3, 4)])
-def test_local_dilated_gradients_equal_reference(local, dilation):
-    q, k, v, times, valid = _inputs(n=10, seed=3)
+@pytest.mark.parametrize("n,local,dilation", [(10, 4, 2), (10, 3, 4), (11, 4, 2), (16, 4, 8)])
+def test_local_dilated_gradients_equal_reference(n, local, dilation):
+    q, k, v, times, valid = _inputs(n=n, seed=3)
     bias = TimePositionBias(max_pos=64)
     with torch.no_grad():
         bias.time_table.normal_()
