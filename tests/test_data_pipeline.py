@@ -84,6 +84,32 @@ def test_resume_mid_epoch_and_workers_give_the_same_batches(tiny):
         assert torch.equal(x.sparse, y.sparse) and torch.equal(x.hist_time, y.hist_time)
 
 
+def test_trimmed_batches_drop_only_padding(tiny):
+    plain = list(Loader(tiny, "train", LoaderConfig(batch_size=16, max_len=600, trim=False), seed=2).epoch(0))
+    cut = list(Loader(tiny, "train", LoaderConfig(batch_size=16, max_len=600), seed=2).epoch(0))
+    widths = {b.hist.shape[1] for b in cut}
+    assert all(w == 600 or w % 8 == 0 for w in widths) and min(widths) < 300
+    for x, y in zip(plain, cut):
+        w = y.hist.shape[1]
+        assert torch.equal(x.hist[:, -w:], y.hist) and torch.equal(x.hist_time[:, -w:], y.hist_time)
+        assert not x.hist_mask[:, :-w].any()  # what was cut was padding only
+        assert y.hist_mask.sum(1).max() > w - 8 or w == 8
+
+
+def test_length_window_groups_similar_histories(tiny):
+    cfg = LoaderConfig(batch_size=100, max_len=40, length_window=10)
+    loader = Loader(tiny, "train", cfg, seed=3)
+    plan = loader.plan(0)
+    np.testing.assert_array_equal(np.sort(np.concatenate(plan)), np.arange(loader.n))
+    for x, y in zip(plan, Loader(tiny, "train", cfg, seed=3).plan(0)):
+        np.testing.assert_array_equal(x, y)
+    lengths = tiny.history_lengths("train", 40)
+    spread = lambda batches: np.mean([np.ptp(lengths[b]) for b in batches])  # noqa: E731
+    random_plan = Loader(tiny, "train", LoaderConfig(batch_size=100, max_len=40), seed=3).plan(0)
+    assert spread(plan) < 0.5 * spread(random_plan)
+    assert not np.array_equal(np.concatenate(plan), np.concatenate(loader.plan(1)))
+
+
 def test_histories_right_aligned_strictly_earlier(tiny):
     b = next(iter(Loader(tiny, "test", LoaderConfig(batch_size=256, max_len=30, shuffle=False))))
     m = b.hist_mask

@@ -41,11 +41,12 @@ def _best(run):
     return torch.load(run / "best.pt", weights_only=True)
 
 
-def test_stop_and_resume_equals_uninterrupted(tmp_path):
-    ref = fit(_cfg(tmp_path, "ref"))
-    stopped = fit(_cfg(tmp_path, "cut", "train.max_steps=17"))  # mid-epoch (40 steps per epoch)
+@pytest.mark.parametrize("window", [0, 4])
+def test_stop_and_resume_equals_uninterrupted(tmp_path, window):
+    ref = fit(_cfg(tmp_path, "ref", f"data.length_window={window}"))
+    stopped = fit(_cfg(tmp_path, "cut", "train.max_steps=17", f"data.length_window={window}"))  # 40 steps/epoch
     assert stopped["stopped_at_step"] == 17
-    res = fit(_cfg(tmp_path, "cut"), resume=True)
+    res = fit(_cfg(tmp_path, "cut", f"data.length_window={window}"), resume=True)
     assert res["test"] == ref["test"]
     for k, v in _best(tmp_path / "ref").items():
         assert torch.equal(v, _best(tmp_path / "cut")[k]), k
@@ -82,3 +83,19 @@ def test_config_errors_are_clear(tmp_path):
         load_config(overrides=["train.epochz=2"])
     with pytest.raises(ConfigError, match="optimizer"):
         load_config(overrides=["optim.optimizer=sgd"])
+
+
+def test_predict_in_length_order_returns_rows_in_stored_order(tiny):
+    from ctrscale.data.loader import Loader, LoaderConfig
+    from ctrscale.models.registry import build_model
+    from ctrscale.train.recipe import predict
+    torch.manual_seed(0)
+    model = build_model(tiny.spec, {"name": "din"}).eval()
+    got = predict(model, tiny, "valid", max_len=30, batch_size=64, device=torch.device("cpu"))
+    plain = Loader(tiny, "valid", LoaderConfig(batch_size=64, max_len=30, shuffle=False, trim=False))
+    with torch.no_grad():
+        batches = list(plain.epoch(0))
+        ref = torch.sigmoid(torch.cat([model(b) for b in batches])).numpy()
+    torch.testing.assert_close(torch.from_numpy(got["prob"]), torch.from_numpy(ref), rtol=1e-5, atol=1e-6)
+    assert (got["user"] == torch.cat([b.user for b in batches]).numpy()).all()
+    assert (got["label"] == torch.cat([b.label for b in batches]).numpy()).all()

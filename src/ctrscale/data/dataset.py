@@ -113,10 +113,15 @@ class PreparedDataset:
     def report(self) -> dict:
         return json.loads((self.root / "report.json").read_text())
 
-    def gather(self, split: str, idx: np.ndarray, max_len: int) -> dict[str, np.ndarray]:
-        """Rows idx of a split with their histories cut to the `max_len` most recent behaviors, right-aligned."""
+    def gather(self, split: str, idx: np.ndarray, max_len: int, trim: bool = False) -> dict[str, np.ndarray]:
+        """Rows idx of a split with their histories cut to the `max_len` most recent behaviors, right-aligned.
+        trim: drop the left padding no row of this batch needs (width = longest history, rounded up to a multiple
+        of 8 so few distinct shapes occur); models ignore padding, so only the cost changes."""
         rows = self.split(split).take(idx)
         start, end = rows.pop("hist_start"), rows.pop("hist_end")
+        if trim:
+            longest = int((end - start).max(initial=0))
+            max_len = min(max_len, max(8, -(-longest // 8) * 8))
         pos = end[:, None] - max_len + np.arange(max_len)  # (B, L) log positions, most recent last
         valid = pos >= start[:, None]
         if len(self.log_time) == 0:
@@ -130,3 +135,8 @@ class PreparedDataset:
             hist_time = np.zeros(pos.shape, np.int64)
         rows["hist"], rows["hist_time"] = hist, hist_time
         return rows
+
+    def history_lengths(self, split: str, max_len: int) -> np.ndarray:
+        """Each row's history length after the cut to max_len."""
+        sp = self.split(split)
+        return np.minimum(sp.column("hist_end") - sp.column("hist_start"), max_len)

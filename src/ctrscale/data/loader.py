@@ -3,6 +3,10 @@
 The order of an epoch is a pure function of (seed, epoch), and each batch is gathered from its own index array,
 so a run restarted at step k of an epoch sees exactly the batches it would have seen (exact resume), with or
 without worker processes.
+
+Long histories: each batch is cut to its own longest history (`trim`), and `length_window` > 0 groups rows of
+similar history length: the shuffled rows are sorted by length within windows of that many batches, cut into
+batches, and the batches shuffled again. Attention cost then follows the typical history, not the longest.
 """
 from __future__ import annotations
 
@@ -26,14 +30,16 @@ def _to_batch(rows: dict[str, np.ndarray]) -> Batch:
 class _Gather(Dataset):
     """Index array -> Batch (or RequestBatch). Used as a map-style dataset whose items are whole batches."""
 
-    def __init__(self, data: PreparedDataset, split: str, max_len: int, plan: list[np.ndarray], listwise: bool):
+    def __init__(self, data: PreparedDataset, split: str, max_len: int, plan: list[np.ndarray], listwise: bool,
+                 trim: bool):
         self.data, self.split, self.max_len, self.plan, self.listwise = data, split, max_len, plan, listwise
+        self.trim = trim
 
     def __len__(self) -> int:
         return len(self.plan)
 
     def __getitem__(self, i: int):
-        batch = _to_batch(self.data.gather(self.split, self.plan[i], self.max_len))
+        batch = _to_batch(self.data.gather(self.split, self.plan[i], self.max_len, self.trim))
         return RequestBatch.from_batch(batch) if self.listwise else batch
 
 
@@ -46,6 +52,8 @@ class LoaderConfig:
     drop_last: bool = False
     # Listwise: a batch holds whole requests, up to batch_size impressions (a larger request comes alone).
     listwise: bool = False
+    trim: bool = True         # cut each batch's history padding to its longest history
+    length_window: int = 0    # > 0: batch rows of similar history length, sorted within windows of this many batches
 
 
 class Loader:
@@ -65,8 +73,15 @@ class Loader:
         bs = self.cfg.batch_size
         if not self.cfg.listwise:
             order = rng.permutation(self.n) if self.cfg.shuffle else np.arange(self.n)
+            if self.cfg.length_window > 0:
+                lengths = self.data.history_lengths(self.split, self.cfg.max_len)[order]
+                window = np.arange(self.n) // (self.cfg.length_window * bs)
+                order = order[np.lexsort((lengths, window))]
             stop = (self.n // bs) * bs if self.cfg.drop_last else self.n
-            return [order[i:i + bs] for i in range(0, stop, bs)]
+            batches = [order[i:i + bs] for i in range(0, stop, bs)]
+            if self.cfg.length_window > 0 and self.cfg.shuffle:
+                batches = [batches[i] for i in rng.permutation(len(batches))]
+            return batches
         reqs = rng.permutation(len(self._req_counts)) if self.cfg.shuffle else np.arange(len(self._req_counts))
         # Greedy packing of whole requests into batches of at most bs impressions (vectorised boundaries).
         sizes = self._req_counts[reqs]
@@ -90,7 +105,7 @@ class Loader:
 
     def epoch(self, epoch: int = 0, start_step: int = 0):
         plan = self.plan(epoch)[start_step:]
-        ds = _Gather(self.data, self.split, self.cfg.max_len, plan, self.cfg.listwise)
+        ds = _Gather(self.data, self.split, self.cfg.max_len, plan, self.cfg.listwise, self.cfg.trim)
         if self.cfg.num_workers == 0:
             return (ds[i] for i in range(len(ds)))
         return iter(DataLoader(ds, batch_size=None, shuffle=False, num_workers=self.cfg.num_workers,

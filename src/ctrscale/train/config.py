@@ -19,6 +19,7 @@ class DataSection:
     batch_size: int = 1024
     eval_batch_size: int = 4096
     num_workers: int = 0
+    length_window: int = 0           # > 0: batch similar history lengths together (windows of this many batches)
 
 
 @dataclass
