@@ -57,8 +57,11 @@ class RequestBatch:
 
     def to(self, device, non_blocking: bool = False) -> "RequestBatch":
         return RequestBatch(context=self.context.to(device, non_blocking),
-                            **{k: getattr(self, k).to(device, non_blocking)
+                            **{k: getattr(self, k).to(device, non_blocking=non_blocking)
                                for k in ("cand_sparse", "cand_dense", "label", "mask")})
+
+    def __len__(self) -> int:  # real impressions
+        return int(self.mask.sum())
 
     @property
     def num_candidates(self) -> int:

@@ -50,7 +50,8 @@ class LoaderConfig:
     num_workers: int = 0
     shuffle: bool = True
     drop_last: bool = False
-    # Listwise: a batch holds whole requests, up to batch_size impressions (a larger request comes alone).
+    # Listwise: a batch holds whole requests, up to batch_size impressions (a larger request comes alone),
+    # its rows in the order RequestBatch.flat() restores.
     listwise: bool = False
     trim: bool = True         # cut each batch's history padding to its longest history
     length_window: int = 0    # > 0: batch rows of similar history length, sorted within windows of this many batches
@@ -63,7 +64,7 @@ class Loader:
         self.data, self.split, self.cfg, self.seed = data, split, cfg, seed
         self.n = len(data.split(split))
         if cfg.listwise:
-            req = data.split(split).column("request")
+            self._req = req = data.split(split).column("request")
             self._req_order = np.argsort(req, kind="stable")
             _, self._req_counts = np.unique(req[self._req_order], return_counts=True)
             self._req_starts = np.concatenate([[0], np.cumsum(self._req_counts)[:-1]])
@@ -83,6 +84,10 @@ class Loader:
                 batches = [batches[i] for i in rng.permutation(len(batches))]
             return batches
         reqs = rng.permutation(len(self._req_counts)) if self.cfg.shuffle else np.arange(len(self._req_counts))
+        if self.cfg.length_window > 0:  # requests of similar history length together (all rows share it)
+            lengths = self.data.history_lengths(self.split, self.cfg.max_len)[self._req_order[self._req_starts]]
+            before = np.cumsum(self._req_counts[reqs]) - self._req_counts[reqs]
+            reqs = reqs[np.lexsort((lengths[reqs], before // (self.cfg.length_window * bs)))]
         # Greedy packing of whole requests into batches of at most bs impressions (vectorised boundaries).
         sizes = self._req_counts[reqs]
         cum = np.cumsum(sizes)
@@ -98,7 +103,10 @@ class Loader:
             out.append(self._req_order[rows])
         if self.cfg.drop_last and out and len(out[-1]) < bs:
             out = out[:-1]
-        return out
+        if self.cfg.length_window > 0 and self.cfg.shuffle:
+            out = [out[i] for i in rng.permutation(len(out))]
+        # Rows in request-key order within a batch: the order RequestBatch.flat() gives back.
+        return [b[np.argsort(self._req[b], kind="stable")] for b in out]
 
     def steps_per_epoch(self) -> int:
         return len(self.plan(0))

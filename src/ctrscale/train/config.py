@@ -20,6 +20,7 @@ class DataSection:
     eval_batch_size: int = 4096
     num_workers: int = 0
     length_window: int = 0           # > 0: batch similar history lengths together (windows of this many batches)
+    listwise: bool | None = None     # whole requests per batch; default: what the model trains on (SparseCTR)
 
 
 @dataclass

@@ -1,4 +1,6 @@
-"""The pointwise training recipe: the loop lives here, models only define forward().
+"""The training recipe: the loop lives here, models only define forward() (and request scoring).
+
+Batches are single impressions, or whole requests for listwise models (BCE over every real candidate).
 
 A run directory holds config.yaml (resolved), data_spec.json, metrics.csv, tb/ (TensorBoard), last.pt (the
 resumable state, written atomically every `checkpoint_every` steps and at each epoch end), best.pt (the weights
@@ -27,6 +29,7 @@ from ..data.catalog import open_dataset
 from ..data.loader import Loader, LoaderConfig
 from ..models.layers import is_embedding_param
 from ..models.registry import build_model
+from ..typed import ConfigError
 from .config import RunConfig, save_config
 
 
@@ -90,14 +93,17 @@ def predict(model: nn.Module, data, split: str, max_len: int, batch_size: int, d
     batches of similar history length (cheaper with trimmed padding) and put back in order."""
     was = model.training
     model.eval()
+    listwise = trains_listwise(model)  # a request's history encoded once for all its candidates
     loader = Loader(data, split, LoaderConfig(batch_size=batch_size, max_len=max_len, shuffle=False,
-                                              num_workers=num_workers, length_window=16))
+                                              num_workers=num_workers, length_window=16, listwise=listwise))
     rows = np.concatenate(loader.plan(0)) if loader.n else np.zeros(0, np.int64)
     probs, labels, users = [], [], []
     for batch in loader.epoch(0):
         batch = batch.to(device)
         with autocast_for(device, precision):
-            logits = model(batch)
+            logits = model.score_request(batch)[batch.mask] if listwise else model(batch)
+        if listwise:
+            batch = batch.flat()
         probs.append(torch.sigmoid(logits.float()).cpu())
         labels.append(batch.label.cpu())
         users.append(batch.user.cpu())
@@ -108,6 +114,11 @@ def predict(model: nn.Module, data, split: str, max_len: int, batch_size: int, d
         placed[rows] = out
         return placed
     return {"prob": in_order(probs), "label": in_order(labels), "user": in_order(users)}
+
+
+def trains_listwise(model: nn.Module, setting: bool | None = None) -> bool:
+    """data.listwise when set, else the model's own preference (listwise models score whole requests)."""
+    return bool(getattr(model, "listwise", False)) if setting is None else setting
 
 
 def evaluate(model, data, split, max_len, batch_size, device, precision="auto") -> dict:
@@ -180,7 +191,8 @@ def fit(cfg: RunConfig, resume: bool = False) -> dict:
     trainable = step_loss.trainable  # the model, or the student and its teacher together
     opt = make_optimizer(trainable, cfg.optim)
     train_loader = Loader(data, "train", LoaderConfig(cfg.data.batch_size, step_loss.load_len, cfg.data.num_workers,
-                                                      shuffle=True, length_window=cfg.data.length_window),
+                                                      shuffle=True, length_window=cfg.data.length_window,
+                                                      listwise=step_loss.listwise),
                           seed=cfg.train.seed)
     steps_per_epoch = train_loader.steps_per_epoch()
     sched = make_schedule(opt, cfg.optim, steps_per_epoch * cfg.train.epochs)
@@ -289,12 +301,18 @@ class Objective:
     def __init__(self, model: nn.Module, cfg: RunConfig, spec, max_len: int, device):
         self.model, self.max_len, self.dist = model, max_len, cfg.distill
         self.trainable, self.load_len, self.teacher = model, max_len, None
+        self.listwise = trains_listwise(model, cfg.data.listwise)
+        if self.dist is not None and self.listwise:
+            raise ConfigError("online distillation trains pointwise: set data.listwise=false")
         if self.dist is not None:
             self.teacher = build_model(spec, self.dist.teacher).to(device)
             self.load_len = max(max_len, self.dist.teacher_max_len or max_len)
             self.trainable = nn.ModuleDict({"student": model, "teacher": self.teacher})
 
     def __call__(self, batch) -> Tensor:
+        if self.listwise:  # BCE over every real candidate of every request
+            logits = self.model.score_request(batch)
+            return nn.functional.binary_cross_entropy_with_logits(logits[batch.mask].float(), batch.label[batch.mask])
         if self.teacher is None:
             return nn.functional.binary_cross_entropy_with_logits(self.model(batch).float(), batch.label)
         d = self.dist
