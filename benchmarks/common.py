@@ -5,10 +5,16 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import torch
+
+from ctrscale.batch import Batch
+from ctrscale.data.dataset import DataSpec
+from ctrscale.models.registry import build_model
 
 
 def machine() -> dict:
@@ -66,3 +72,92 @@ def write(result: dict, out: str | Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({**result, "machine": machine()}, indent=1))
     print(json.dumps(result, indent=1))
+
+
+# A sequence dataset's shape for the attention benchmarks: user fields, item fields, a context field, and
+# behaviors with timestamps (random ids, gaps of 1 s to 14 h).
+SPEC = DataSpec(sparse=("user_id", "age", "item_id", "category", "hour"), dense=(),
+                hist=("item_id", "category", "action"),
+                roles={"user_id": "user", "age": "user", "item_id": "item", "category": "item", "hour": "context"},
+                field_vocab={"user_id": "user_id", "age": "age", "item_id": "item_id", "category": "category",
+                             "hour": "hour", "hist.item_id": "item_id", "hist.category": "category",
+                             "hist.action": "hist.action"},
+                vocab_sizes={"user_id": 1000, "age": 9, "item_id": 5000, "category": 50, "hour": 26,
+                             "hist.action": 4})
+
+
+def random_batch(b: int, n: int, device, seed: int = 0) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    hist = torch.stack([torch.randint(2, SPEC.vocab_sizes[SPEC.field_vocab[f"hist.{h}"]], (b, n), generator=g)
+                        for h in SPEC.hist], -1)
+    times = 1_700_000_000 + torch.cumsum(torch.randint(1, 50_000, (b, n), generator=g), 1)
+    sparse = torch.stack([torch.randint(2, SPEC.vocab_sizes[SPEC.field_vocab[f]], (b,), generator=g)
+                          for f in SPEC.sparse], -1)
+    return Batch(sparse=sparse, dense=torch.zeros(b, 0), hist=hist, hist_time=times, time=times[:, -1] + 10,
+                 label=(torch.rand(b, generator=g) > 0.5).float(), user=torch.arange(b),
+                 request=torch.arange(b)).to(device)
+
+
+def peak_rise_mib(run, device) -> float:
+    """Peak memory rise of run() in MiB, in a fresh process: max_memory_allocated on GPU; on CPU VmHWM
+    (ru_maxrss survives exec and would report the parent's peak; writing 5 to clear_refs resets VmHWM to the
+    current RSS, so the rise is this step's own peak)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        run()
+        return (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+    Path("/proc/self/clear_refs").write_text("5")
+    base = _status_kib("VmRSS")
+    run()
+    return (_status_kib("VmHWM") - base) / 1024
+
+
+def _status_kib(key: str) -> int:
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith(key + ":"))
+    return int(line.split()[1])
+
+
+def child_peak_mib(script: str, *args) -> float:
+    """Run `script --child args...` in a fresh process; it prints its peak_rise_mib last."""
+    # Large blocks mmap'd and unmapped on free: RSS then tracks live tensors instead of glibc heap fragmentation.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    out = subprocess.run([sys.executable, script, "--child", *map(str, args)], capture_output=True, text=True,
+                         check=True, env=env)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def request_scoring(named_configs, n: int, counts, repeats, device) -> list[dict]:
+    """benchmarks.md #2: one user with n behaviors and C candidates: encode_user once + score_candidates (reuse)
+    against scoring C independent impressions (the history re-encoded per candidate)."""
+    rows = []
+    for name, config in named_configs:
+        torch.manual_seed(0)
+        model = build_model(SPEC, config).to(device).eval()
+        user = random_batch(1, n, device)
+        pool = random_batch(max(counts), 4, device, seed=1).sparse
+        pool[:, SPEC.sparse_of_role("user")] = user.sparse[:, SPEC.sparse_of_role("user")]
+        for c in counts:
+            cands = pool[:c].unsqueeze(0)
+
+            @torch.no_grad()
+            def reuse():
+                return model.score_candidates(model.encode_user(user), cands, torch.zeros(1, c, 0, device=device))
+
+            @torch.no_grad()
+            def independent(chunk: int = 25):  # chunks bound memory; the work is C full encodings either way
+                out = []
+                for lo in range(0, c, chunk):
+                    m = min(chunk, c - lo)
+                    rep = lambda t: t.expand(m, *t.shape[1:])  # noqa: E731
+                    flat = Batch(sparse=cands[0, lo:lo + m], dense=torch.zeros(m, 0, device=device),
+                                 hist=rep(user.hist), hist_time=rep(user.hist_time), time=rep(user.time),
+                                 label=rep(user.label), user=rep(user.user), request=rep(user.request))
+                    out.append(model(flat))
+                return torch.cat(out)
+            torch.testing.assert_close(reuse()[0], independent(), rtol=1e-4, atol=1e-4)  # also the warm-up
+            t_r, t_i = median_time(reuse, repeats, 0), median_time(independent, repeats, 0)
+            rows.append({"model": name, "L": n, "candidates": c, "seconds_reuse": t_r, "seconds_independent": t_i,
+                         "speedup": t_i / t_r})
+            print(json.dumps(rows[-1]))
+    return rows

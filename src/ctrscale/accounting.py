@@ -4,10 +4,29 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_backward_flop_count, sdpa_flop_count
 
 from .batch import Batch
 from .models.layers import is_embedding_param
+
+
+def _register_cpu_attention_flops() -> None:
+    """torch counts the GPU kernels of F.scaled_dot_product_attention but not the CPU one (0 FLOPs). Count it
+    like the others: the full Lq x Lk score and value products, whatever the mask (the kernel computes them)."""
+    aten = torch.ops.aten
+    fwd = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    bwd = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
+    try:
+        if fwd is not None:
+            register_flop_formula(fwd)(lambda q, k, v, *a, out_shape=None, **kw: sdpa_flop_count(q, k, v))
+        if bwd is not None:
+            register_flop_formula(bwd)(
+                lambda g, q, k, v, *a, out_shape=None, **kw: sdpa_backward_flop_count(g, q, k, v))
+    except (RuntimeError, ValueError):  # already registered (a later torch counts it itself)
+        pass
+
+
+_register_cpu_attention_flops()
 
 
 def count_params(model: nn.Module) -> dict[str, int]:

@@ -1,0 +1,104 @@
+"""SparseCTR vs its full-attention variant A1 (spec/benchmarks.md #1 and #2), CPU or GPU, ratios of
+interleaved medians in one run.
+
+#1 sparse vs full: at n in {128 .. 2048} behaviors, each preset (S1-S4; S2 is the issue's figure) against A1 with
+   the same weights where they exist (embeddings, projections, FFNs, head; the aggregation MLPs and the gate are
+   SparseCTR's own): forward+backward and inference time, peak memory (a fresh process per point) and the
+   counted-FLOPs ratio beside the time ratio; "realised" = (1 - time ratio) / (1 - FLOPs ratio).
+#2 request scoring: one user with n = 1000 behaviors and C in {1, 10, 100, 1000} candidates, cached history
+   against C independent impressions.
+
+    python benchmarks/bench_sparsectr.py --out benchmarks/results/sparsectr.json [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from common import SPEC, child_peak_mib, interleaved_medians, peak_rise_mib, random_batch, request_scoring, write
+
+from ctrscale.accounting import inference_flops
+from ctrscale.models.registry import build_model
+from ctrscale.train.recipe import keep_freed_memory
+
+
+def models(preset: str, device):
+    torch.manual_seed(0)
+    full = build_model(SPEC, {"name": "sparsectr", "attention": "full"}).to(device)
+    sparse = build_model(SPEC, {"name": "sparsectr", "sparsity": preset}).to(device)
+    sparse.load_state_dict(full.state_dict(), strict=False)
+    return full, sparse
+
+
+def train_step(model, batch):
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(model(batch), batch.label)
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+
+
+def peak_memory_child(which: str, preset: str, n: int, b: int, mode: str) -> float:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    full, sparse = models(preset, device)
+    model = full if which == "full" else sparse
+    batch = random_batch(b, n, device)
+    return peak_rise_mib((lambda: train_step(model, batch)) if mode == "train"
+                         else (lambda: torch.no_grad()(model)(batch)), device)
+
+
+def sparse_vs_full(lengths, presets, batch_size, repeats, device) -> list[dict]:
+    rows = []
+    for n in lengths:
+        b = max(1, batch_size * 256 // n)  # fewer sequences at long lengths, so full attention fits
+        batch = random_batch(b, n, device)
+        for preset in presets:
+            full, sparse = models(preset, device)
+            fl = inference_flops(full, batch), inference_flops(sparse, batch)
+            row = {"n": n, "preset": preset, "batch": b, "flops_ratio": fl[1] / fl[0]}
+            for mode in ("train", "infer"):
+                if mode == "train":
+                    fns = [lambda m=m: train_step(m, batch) for m in (full, sparse)]
+                else:
+                    fns = [lambda m=m: torch.no_grad()(m)(batch) for m in (full, sparse)]
+                t_full, t_sparse = interleaved_medians(fns, repeats)
+                ratio = t_sparse / t_full
+                row[mode] = {"seconds_full": t_full, "seconds_sparse": t_sparse, "time_ratio": ratio,
+                             "realised": (1 - ratio) / (1 - row["flops_ratio"]) if row["flops_ratio"] < 1 else None}
+                m_full = child_peak_mib(__file__, "full", preset, n, b, mode)
+                m_sparse = child_peak_mib(__file__, "sparse", preset, n, b, mode)
+                row[mode].update(peak_mib_full=m_full, peak_mib_sparse=m_sparse,
+                                 memory_ratio=m_sparse / m_full if m_full > 0 else None)
+            rows.append(row)
+            print(json.dumps(row))
+    return rows
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="benchmarks/results/sparsectr.json")
+    ap.add_argument("--quick", action="store_true", help="fewer lengths and repeats")
+    ap.add_argument("--lengths", nargs="*", type=int, help="history lengths for #1 (default 128 .. 2048)")
+    ap.add_argument("--presets", nargs="*", default=["S2"], help="sparsity presets against A1 (default S2)")
+    ap.add_argument("--no-scoring", action="store_true", help="skip #2 (request scoring)")
+    ap.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        which, preset, n, b, mode = args.child
+        print(peak_memory_child(which, preset, int(n), int(b), mode))
+        return
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    keep_freed_memory()
+    lengths = args.lengths or ([128, 512, 1024] if args.quick else [128, 256, 512, 1024, 2048])
+    repeats = 3 if args.quick else 5
+    sparse = sparse_vs_full(lengths, args.presets, 16, repeats, device)
+    scoring = [] if args.no_scoring else request_scoring(
+        [("sparsectr", {"name": "sparsectr"}), ("sparsectr-A1", {"name": "sparsectr", "attention": "full"})],
+        1000, [1, 10, 100, 1000], 3, device)
+    write({"benchmark": "sparsectr_vs_full", "sparse_vs_full": sparse, "request_scoring": scoring}, args.out)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).parent))
+    main()
