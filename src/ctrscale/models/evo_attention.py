@@ -163,20 +163,18 @@ class RelativeEncoding(nn.Module):
         if not self.has_bias:
             return None
         h = self.heads
-        if self.kind == "reltemporal":
+        if self.kind == "reltemporal":  # one (..., parts) x (parts, H) product: no per-part (R, H, Lq, K) temporaries
             dt = (tq - tk).abs()
             feats = []
             if self.parts[0]:
-                feats.append((self.slopes[0], torch.floor(torch.log2(dt.double().clamp_min(1))).float()))
+                feats.append((torch.frexp(dt.clamp_min(1).double())[1] - 1).float())  # floor(log2 dt), exact
             if self.parts[1]:
-                hours = torch.remainder(torch.div(dt, 3600, rounding_mode="floor"), 24).float()
-                feats.append((self.slopes[1], torch.sin(math.pi * hours / 24)))
+                feats.append(torch.sin(math.pi / 24 * torch.remainder(torch.div(dt, 3600, rounding_mode="floor"), 24)
+                                       .float()))
             if self.parts[2]:
-                feats.append((self.slopes[2], (weekend(tq) != weekend(tk)).float()))
-            out = 0.0
-            for s, f in feats:
-                out = out - f.unsqueeze(1) * s.view(1, h, *([1] * (f.dim() - 1)))
-            return out
+                feats.append((weekend(tq) != weekend(tk)).float())
+            slopes = self.slopes[[i for i, on in enumerate(self.parts) if on]]          # (parts, H)
+            return (torch.stack(feats, -1) @ -slopes).movedim(-1, 1)
         dist = (pq - pk).round().long()
         while dist.dim() < tq.dim():
             dist = dist.unsqueeze(0)
