@@ -306,3 +306,12 @@ def test_listwise_training_run_resumes_exactly(tiny, tmp_path):
     resumed = fit(load_config(None, [*common, "name=part"]), resume=True)
     assert resumed["test"]["auc"] == pytest.approx(whole["test"]["auc"], abs=1e-6)
     assert whole["config"]["data"]["listwise"] is None and whole["test"]["auc"] > 0.55
+
+
+def test_rope_scores_depend_on_relative_position_only():
+    enc = RelativeEncoding("rope", heads=2, head_dim=6)
+    q, k = torch.randn(1, 2, 5, 6), torch.randn(1, 2, 5, 6)
+    pos = torch.arange(5)
+    scores = lambda shift: enc.rotate(q, pos + shift) @ enc.rotate(k, pos + shift).transpose(-1, -2)  # noqa: E731
+    torch.testing.assert_close(scores(0), scores(37), rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(scores(0), q @ k.transpose(-1, -2))
