@@ -110,6 +110,20 @@ def test_length_window_groups_similar_histories(tiny):
     assert not np.array_equal(np.concatenate(plan), np.concatenate(loader.plan(1)))
 
 
+def test_token_budget_splits_long_history_batches(tiny):
+    """Evaluation batches: at most max_tokens rows x trimmed width (a single row may exceed it), every row once,
+    and the batch the loader yields is exactly that wide."""
+    cfg = LoaderConfig(batch_size=200, max_len=40, length_window=4, shuffle=False, max_tokens=1600)
+    loader = Loader(tiny, "valid", cfg)
+    plan = loader.plan(0)
+    np.testing.assert_array_equal(np.sort(np.concatenate(plan)), np.arange(loader.n))
+    whole = Loader(tiny, "valid", LoaderConfig(batch_size=200, max_len=40, length_window=4, shuffle=False)).plan(0)
+    assert len(plan) > len(whole)
+    for rows, batch in zip(plan, loader.epoch(0)):
+        assert len(rows) == 1 or len(rows) * batch.hist.shape[1] <= 1600
+        assert len(rows) <= 200
+
+
 def test_histories_right_aligned_strictly_earlier(tiny):
     b = next(iter(Loader(tiny, "test", LoaderConfig(batch_size=256, max_len=30, shuffle=False))))
     m = b.hist_mask

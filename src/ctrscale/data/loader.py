@@ -55,6 +55,7 @@ class LoaderConfig:
     listwise: bool = False
     trim: bool = True         # cut each batch's history padding to its longest history
     length_window: int = 0    # > 0: batch rows of similar history length, sorted within windows of this many batches
+    max_tokens: int = 0       # > 0: also at most this many rows x trimmed history width per batch (pointwise)
 
 
 class Loader:
@@ -80,6 +81,8 @@ class Loader:
                 order = order[np.lexsort((lengths, window))]
             stop = (self.n // bs) * bs if self.cfg.drop_last else self.n
             batches = [order[i:i + bs] for i in range(0, stop, bs)]
+            if self.cfg.max_tokens > 0:
+                batches = [part for b in batches for part in self._split_by_tokens(b)]
             if self.cfg.length_window > 0 and self.cfg.shuffle:
                 batches = [batches[i] for i in rng.permutation(len(batches))]
             return batches
@@ -107,6 +110,19 @@ class Loader:
             out = [out[i] for i in rng.permutation(len(out))]
         # Rows in request-key order within a batch: the order RequestBatch.flat() gives back.
         return [b[np.argsort(self._req[b], kind="stable")] for b in out]
+
+    def _split_by_tokens(self, rows: np.ndarray) -> list[np.ndarray]:
+        """Cut a batch (rows sorted by history length, as length windows leave them) into pieces whose rows x
+        trimmed width stays within max_tokens: long-history batches get fewer rows, short ones keep them all."""
+        width = np.maximum(8, -(-self.data.history_lengths(self.split, self.cfg.max_len)[rows] // 8) * 8)
+        width = np.maximum.accumulate(width)  # a piece is as wide as its longest row
+        out, start = [], 0
+        while start < len(rows):
+            cost = (np.arange(start, len(rows)) - start + 1) * width[start:]
+            stop = start + max(1, int(np.searchsorted(cost, self.cfg.max_tokens, side="right")))
+            out.append(rows[start:stop])
+            start = stop
+        return out
 
     def steps_per_epoch(self) -> int:
         return len(self.plan(0))

@@ -90,12 +90,14 @@ def atomic_save(obj, path: Path) -> None:
 def predict(model: nn.Module, data, split: str, max_len: int, batch_size: int, device: torch.device,
             precision: str = "auto", num_workers: int = 0) -> dict[str, np.ndarray]:
     """Probabilities for a whole split, in its stored order, with labels and user keys. Rows are scored in
-    batches of similar history length (cheaper with trimmed padding) and put back in order."""
+    batches of similar history length (cheaper with trimmed padding) and put back in order; a batch holds at most
+    `batch_size` rows and batch_size x 64 behavior tokens, so long histories come in smaller batches."""
     was = model.training
     model.eval()
     listwise = trains_listwise(model)  # a request's history encoded once for all its candidates
     loader = Loader(data, split, LoaderConfig(batch_size=batch_size, max_len=max_len, shuffle=False,
-                                              num_workers=num_workers, length_window=16, listwise=listwise))
+                                              num_workers=num_workers, length_window=16, listwise=listwise,
+                                              max_tokens=batch_size * 64))
     rows = np.concatenate(loader.plan(0)) if loader.n else np.zeros(0, np.int64)
     probs, labels, users = [], [], []
     for batch in loader.epoch(0):
