@@ -82,7 +82,8 @@ class Loader:
             stop = (self.n // bs) * bs if self.cfg.drop_last else self.n
             batches = [order[i:i + bs] for i in range(0, stop, bs)]
             if self.cfg.max_tokens > 0:
-                batches = [part for b in batches for part in self._split_by_tokens(b)]
+                lengths = self.data.history_lengths(self.split, self.cfg.max_len)
+                batches = [part for b in batches for part in self._split_by_tokens(b, lengths[b])]
             if self.cfg.length_window > 0 and self.cfg.shuffle:
                 batches = [batches[i] for i in rng.permutation(len(batches))]
             return batches
@@ -111,11 +112,10 @@ class Loader:
         # Rows in request-key order within a batch: the order RequestBatch.flat() gives back.
         return [b[np.argsort(self._req[b], kind="stable")] for b in out]
 
-    def _split_by_tokens(self, rows: np.ndarray) -> list[np.ndarray]:
+    def _split_by_tokens(self, rows: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
         """Cut a batch (rows sorted by history length, as length windows leave them) into pieces whose rows x
         trimmed width stays within max_tokens: long-history batches get fewer rows, short ones keep them all."""
-        width = np.maximum(8, -(-self.data.history_lengths(self.split, self.cfg.max_len)[rows] // 8) * 8)
-        width = np.maximum.accumulate(width)  # a piece is as wide as its longest row
+        width = np.maximum.accumulate(np.maximum(8, -(-lengths // 8) * 8))  # a piece is as wide as its longest row
         out, start = [], 0
         while start < len(rows):
             cost = (np.arange(start, len(rows)) - start + 1) * width[start:]
