@@ -124,6 +124,17 @@ def test_token_budget_splits_long_history_batches(tiny):
         assert len(rows) <= 200
 
 
+def test_token_budget_for_whole_requests(tiny):
+    cfg = LoaderConfig(batch_size=200, max_len=40, length_window=4, shuffle=False, max_tokens=800, listwise=True)
+    loader = Loader(tiny, "valid", cfg)
+    plan = loader.plan(0)
+    np.testing.assert_array_equal(np.sort(np.concatenate(plan)), np.arange(loader.n))
+    for rows, rb in zip(plan, loader.epoch(0)):
+        requests, width = rb.mask.shape[0], rb.context.hist.shape[1]
+        assert requests == 1 or requests * width <= 800
+        assert len(np.unique(tiny.split("valid").column("request")[rows])) == requests  # whole requests
+
+
 def test_histories_right_aligned_strictly_earlier(tiny):
     b = next(iter(Loader(tiny, "test", LoaderConfig(batch_size=256, max_len=30, shuffle=False))))
     m = b.hist_mask

@@ -55,7 +55,7 @@ class LoaderConfig:
     listwise: bool = False
     trim: bool = True         # cut each batch's history padding to its longest history
     length_window: int = 0    # > 0: batch rows of similar history length, sorted within windows of this many batches
-    max_tokens: int = 0       # > 0: also at most this many rows x trimmed history width per batch (pointwise)
+    max_tokens: int = 0       # > 0: also at most this many rows (requests) x trimmed history width per batch
 
 
 class Loader:
@@ -92,14 +92,21 @@ class Loader:
             lengths = self.data.history_lengths(self.split, self.cfg.max_len)[self._req_order[self._req_starts]]
             before = np.cumsum(self._req_counts[reqs]) - self._req_counts[reqs]
             reqs = reqs[np.lexsort((lengths[reqs], before // (self.cfg.length_window * bs)))]
-        # Greedy packing of whole requests into batches of at most bs impressions (vectorised boundaries).
+        # Greedy packing of whole requests into batches of at most bs impressions (and, with max_tokens, at most
+        # that many requests x trimmed width: the history is encoded once per request).
         sizes = self._req_counts[reqs]
         cum = np.cumsum(sizes)
+        if self.cfg.max_tokens > 0:
+            req_len = self.data.history_lengths(self.split, self.cfg.max_len)[self._req_order[self._req_starts]]
+            width = np.maximum(8, -(-req_len[reqs] // 8) * 8)
         bounds = [0]
         while bounds[-1] < len(reqs):
-            base = cum[bounds[-1] - 1] if bounds[-1] else 0
-            nxt = int(np.searchsorted(cum, base + bs, side="right"))
-            bounds.append(max(nxt, bounds[-1] + 1))
+            a = bounds[-1]
+            nxt = int(np.searchsorted(cum, (cum[a - 1] if a else 0) + bs, side="right"))
+            if self.cfg.max_tokens > 0:  # a batch holds at most bs requests: look no further
+                cost = np.arange(1, min(bs, len(reqs) - a) + 1) * np.maximum.accumulate(width[a:a + bs])
+                nxt = min(nxt, a + int(np.searchsorted(cost, self.cfg.max_tokens, side="right")))
+            bounds.append(max(nxt, a + 1))
         out = []
         for a, b in zip(bounds[:-1], bounds[1:]):
             starts, counts = self._req_starts[reqs[a:b]], self._req_counts[reqs[a:b]]
