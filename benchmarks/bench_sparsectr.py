@@ -17,6 +17,7 @@ import json
 import sys
 from pathlib import Path
 
+import plot_ratios
 import torch
 from common import SPEC, child_peak_mib, interleaved_medians, peak_rise_mib, random_batch, request_scoring, write
 
@@ -97,6 +98,7 @@ def main(argv=None):
         [("sparsectr", {"name": "sparsectr"}), ("sparsectr-A1", {"name": "sparsectr", "attention": "full"})],
         1000, [1, 10, 100, 1000], 3, device)
     write({"benchmark": "sparsectr_vs_full", "sparse_vs_full": sparse, "request_scoring": scoring}, args.out)
+    print(plot_ratios.plot(Path(args.out)))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import json
 import sys
 from pathlib import Path
 
+import plot_ratios
 import torch
 from common import SPEC, child_peak_mib, interleaved_medians, peak_rise_mib, random_batch, request_scoring, write
 
@@ -104,6 +105,7 @@ def main(argv=None):
         named = [("suan", {"name": "suan"}), ("lightsuan", {"name": "lightsuan", "local": 4, "dilation": 4})]
         scoring = request_scoring(named, 1000, [1, 10, 100, 1000], 3, device)
     write({"benchmark": "suan_vs_lightsuan", "sparse_vs_full": sparse, "request_scoring": scoring}, args.out)
+    print(plot_ratios.plot(Path(args.out)))
 
 
 if __name__ == "__main__":
