@@ -19,9 +19,17 @@ from pathlib import Path
 
 import plot_ratios
 import torch
-from common import SPEC, child_peak_mib, interleaved_medians, peak_rise_mib, random_batch, request_scoring, write
+from common import (
+    SPEC,
+    child_peak_mib,
+    peak_rise_mib,
+    random_batch,
+    request_scoring,
+    run_step,
+    sparse_vs_full_point,
+    write,
+)
 
-from ctrscale.accounting import inference_flops
 from ctrscale.models.registry import build_model
 from ctrscale.train.recipe import keep_freed_memory
 
@@ -34,19 +42,12 @@ def models(preset: str, device):
     return full, sparse
 
 
-def train_step(model, batch):
-    loss = torch.nn.functional.binary_cross_entropy_with_logits(model(batch), batch.label)
-    loss.backward()
-    model.zero_grad(set_to_none=True)
-
-
 def peak_memory_child(which: str, preset: str, n: int, b: int, mode: str) -> float:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     full, sparse = models(preset, device)
     model = full if which == "full" else sparse
     batch = random_batch(b, n, device)
-    return peak_rise_mib((lambda: train_step(model, batch)) if mode == "train"
-                         else (lambda: torch.no_grad()(model)(batch)), device)
+    return peak_rise_mib(lambda: run_step(model, batch, mode), device)
 
 
 def sparse_vs_full(lengths, presets, batch_size, repeats, device) -> list[dict]:
@@ -56,23 +57,10 @@ def sparse_vs_full(lengths, presets, batch_size, repeats, device) -> list[dict]:
         batch = random_batch(b, n, device)
         for preset in presets:
             full, sparse = models(preset, device)
-            fl = inference_flops(full, batch), inference_flops(sparse, batch)
-            row = {"n": n, "preset": preset, "batch": b, "flops_ratio": fl[1] / fl[0]}
-            for mode in ("train", "infer"):
-                if mode == "train":
-                    fns = [lambda m=m: train_step(m, batch) for m in (full, sparse)]
-                else:
-                    fns = [lambda m=m: torch.no_grad()(m)(batch) for m in (full, sparse)]
-                t_full, t_sparse = interleaved_medians(fns, repeats)
-                ratio = t_sparse / t_full
-                row[mode] = {"seconds_full": t_full, "seconds_sparse": t_sparse, "time_ratio": ratio,
-                             "realised": (1 - ratio) / (1 - row["flops_ratio"]) if row["flops_ratio"] < 1 else None}
-                m_full = child_peak_mib(__file__, "full", preset, n, b, mode)
-                m_sparse = child_peak_mib(__file__, "sparse", preset, n, b, mode)
-                row[mode].update(peak_mib_full=m_full, peak_mib_sparse=m_sparse,
-                                 memory_ratio=m_sparse / m_full if m_full > 0 else None)
-            rows.append(row)
-            print(json.dumps(row))
+            peak = lambda which, mode: child_peak_mib(__file__, which, preset, n, b, mode)  # noqa: E731
+            rows.append({"n": n, "preset": preset, "batch": b,
+                         **sparse_vs_full_point(full, sparse, batch, repeats, peak)})
+            print(json.dumps(rows[-1]))
     return rows
 
 

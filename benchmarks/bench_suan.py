@@ -18,9 +18,17 @@ from pathlib import Path
 
 import plot_ratios
 import torch
-from common import SPEC, child_peak_mib, interleaved_medians, peak_rise_mib, random_batch, request_scoring, write
+from common import (
+    SPEC,
+    child_peak_mib,
+    peak_rise_mib,
+    random_batch,
+    request_scoring,
+    run_step,
+    sparse_vs_full_point,
+    write,
+)
 
-from ctrscale.accounting import inference_flops
 from ctrscale.models.registry import build_model
 from ctrscale.train.recipe import keep_freed_memory
 
@@ -33,24 +41,13 @@ def models(r: int, device):
     return full, light
 
 
-def train_step(model, batch):
-    loss = torch.nn.functional.binary_cross_entropy_with_logits(model(batch), batch.label)
-    loss.backward()
-    model.zero_grad(set_to_none=True)
-
-
-def peak_memory_child(name: str, r: int, n: int, b: int, mode: str) -> float:
+def peak_memory_child(which: str, r: int, n: int, b: int, mode: str) -> float:
     """Run one step in this (fresh) process and return its peak memory rise in MiB."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     full, light = models(r, device)
-    model = full if name == "suan" else light
+    model = full if which == "full" else light
     batch = random_batch(b, n, device)
-    return peak_rise_mib((lambda: train_step(model, batch)) if mode == "train"
-                         else (lambda: torch.no_grad()(model)(batch)), device)
-
-
-def peak_memory(name, r, n, b, mode) -> float:
-    return child_peak_mib(__file__, name, r, n, b, mode)
+    return peak_rise_mib(lambda: run_step(model, batch, mode), device)
 
 
 def sparse_vs_full(lengths, dilations, batch_size, repeats, device) -> list[dict]:
@@ -60,23 +57,10 @@ def sparse_vs_full(lengths, dilations, batch_size, repeats, device) -> list[dict
         batch = random_batch(b, n, device)
         for r in dilations:
             full, light = models(r, device)
-            fl = inference_flops(full, batch), inference_flops(light, batch)
-            row = {"L": n, "r": r, "k": 4, "batch": b, "flops_ratio": fl[1] / fl[0]}
-            for mode in ("train", "infer"):
-                if mode == "train":
-                    fns = [lambda m=m: train_step(m, batch) for m in (full, light)]
-                else:
-                    fns = [lambda m=m: torch.no_grad()(m)(batch) for m in (full, light)]
-                t_full, t_light = interleaved_medians(fns, repeats)
-                ratio = t_light / t_full
-                row[mode] = {"seconds_full": t_full, "seconds_light": t_light, "time_ratio": ratio,
-                             "realised": (1 - ratio) / (1 - row["flops_ratio"]) if row["flops_ratio"] < 1 else None}
-                m_full = peak_memory("suan", r, n, b, mode)
-                m_light = peak_memory("lightsuan", r, n, b, mode)
-                row[mode].update(peak_mib_full=m_full, peak_mib_light=m_light,
-                                 memory_ratio=m_light / m_full if m_full > 0 else None)
-            rows.append(row)
-            print(json.dumps(row))
+            peak = lambda which, mode: child_peak_mib(__file__, which, r, n, b, mode)  # noqa: E731
+            rows.append({"L": n, "r": r, "k": 4, "batch": b,
+                         **sparse_vs_full_point(full, light, batch, repeats, peak)})
+            print(json.dumps(rows[-1]))
     return rows
 
 

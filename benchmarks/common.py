@@ -127,6 +127,34 @@ def child_peak_mib(script: str, *args) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
+def run_step(model, batch, mode: str):
+    """The measured unit: forward + backward of the BCE loss ("train") or a no-grad forward ("infer")."""
+    if mode == "infer":
+        with torch.no_grad():
+            return model(batch)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(model(batch), batch.label)
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+
+
+def sparse_vs_full_point(full, sparse, batch, repeats: int, peak_mib) -> dict:
+    """benchmarks.md #1 at one point: counted-FLOPs ratio, and per mode the interleaved time ratio, the share of
+    saved FLOPs realised as saved time ((1 - time ratio) / (1 - FLOPs ratio)) and the peak-memory ratio
+    (peak_mib(which, mode) measures "full" or "sparse" in a fresh process)."""
+    from ctrscale.accounting import inference_flops
+    flops = inference_flops(sparse, batch) / inference_flops(full, batch)
+    row = {"flops_ratio": flops}
+    for mode in ("train", "infer"):
+        t_full, t_sparse = interleaved_medians([lambda m=m: run_step(m, batch, mode) for m in (full, sparse)], repeats)
+        ratio = t_sparse / t_full
+        m_full, m_sparse = peak_mib("full", mode), peak_mib("sparse", mode)
+        row[mode] = {"seconds_full": t_full, "seconds_sparse": t_sparse, "time_ratio": ratio,
+                     "realised": (1 - ratio) / (1 - flops) if flops < 1 else None,
+                     "peak_mib_full": m_full, "peak_mib_sparse": m_sparse,
+                     "memory_ratio": m_sparse / m_full if m_full > 0 else None}
+    return row
+
+
 def request_scoring(named_configs, n: int, counts, repeats, device) -> list[dict]:
     """benchmarks.md #2: one user with n behaviors and C candidates: encode_user once + score_candidates (reuse)
     against scoring C independent impressions (the history re-encoded per candidate)."""
