@@ -13,22 +13,12 @@ interleaved medians in one run.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import plot_ratios
 import torch
-from common import (
-    SPEC,
-    child_peak_mib,
-    peak_rise_mib,
-    random_batch,
-    request_scoring,
-    run_step,
-    sparse_vs_full_point,
-    write,
-)
+from common import SPEC, peak_memory_child, request_scoring, sparse_vs_full, write
 
 from ctrscale.models.registry import build_model
 from ctrscale.train.recipe import keep_freed_memory
@@ -42,28 +32,6 @@ def models(preset: str, device):
     return full, sparse
 
 
-def peak_memory_child(which: str, preset: str, n: int, b: int, mode: str) -> float:
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    full, sparse = models(preset, device)
-    model = full if which == "full" else sparse
-    batch = random_batch(b, n, device)
-    return peak_rise_mib(lambda: run_step(model, batch, mode), device)
-
-
-def sparse_vs_full(lengths, presets, batch_size, repeats, device) -> list[dict]:
-    rows = []
-    for n in lengths:
-        b = max(1, batch_size * 256 // n)  # fewer sequences at long lengths, so full attention fits
-        batch = random_batch(b, n, device)
-        for preset in presets:
-            full, sparse = models(preset, device)
-            peak = lambda which, mode: child_peak_mib(__file__, which, preset, n, b, mode)  # noqa: E731
-            rows.append({"n": n, "preset": preset, "batch": b,
-                         **sparse_vs_full_point(full, sparse, batch, repeats, peak)})
-            print(json.dumps(rows[-1]))
-    return rows
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results/sparsectr.json")
@@ -74,14 +42,13 @@ def main(argv=None):
     ap.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        which, preset, n, b, mode = args.child
-        print(peak_memory_child(which, preset, int(n), int(b), mode))
+        print(peak_memory_child(models, *args.child))
         return
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     keep_freed_memory()
     lengths = args.lengths or ([128, 512, 1024] if args.quick else [128, 256, 512, 1024, 2048])
     repeats = 3 if args.quick else 5
-    sparse = sparse_vs_full(lengths, args.presets, 16, repeats, device)
+    sparse = sparse_vs_full(__file__, models, args.presets, "preset", lengths, 16, repeats, device)
     scoring = [] if args.no_scoring else request_scoring(
         [("sparsectr", {"name": "sparsectr"}), ("sparsectr-A1", {"name": "sparsectr", "attention": "full"})],
         1000, [1, 10, 100, 1000], 3, device)

@@ -18,16 +18,7 @@ from pathlib import Path
 
 import plot_ratios
 import torch
-from common import (
-    SPEC,
-    child_peak_mib,
-    peak_rise_mib,
-    random_batch,
-    request_scoring,
-    run_step,
-    sparse_vs_full_point,
-    write,
-)
+from common import SPEC, peak_memory_child, request_scoring, sparse_vs_full, write
 
 from ctrscale.models.registry import build_model
 from ctrscale.train.recipe import keep_freed_memory
@@ -36,32 +27,9 @@ from ctrscale.train.recipe import keep_freed_memory
 def models(r: int, device):
     torch.manual_seed(0)
     full = build_model(SPEC, {"name": "suan"}).to(device)
-    light = build_model(SPEC, {"name": "lightsuan", "local": 4, "dilation": r}).to(device)
+    light = build_model(SPEC, {"name": "lightsuan", "local": 4, "dilation": int(r)}).to(device)
     light.load_state_dict(full.state_dict())
     return full, light
-
-
-def peak_memory_child(which: str, r: int, n: int, b: int, mode: str) -> float:
-    """Run one step in this (fresh) process and return its peak memory rise in MiB."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    full, light = models(r, device)
-    model = full if which == "full" else light
-    batch = random_batch(b, n, device)
-    return peak_rise_mib(lambda: run_step(model, batch, mode), device)
-
-
-def sparse_vs_full(lengths, dilations, batch_size, repeats, device) -> list[dict]:
-    rows = []
-    for n in lengths:
-        b = max(1, batch_size * 256 // n)  # fewer sequences at long lengths, so full attention fits
-        batch = random_batch(b, n, device)
-        for r in dilations:
-            full, light = models(r, device)
-            peak = lambda which, mode: child_peak_mib(__file__, which, r, n, b, mode)  # noqa: E731
-            rows.append({"L": n, "r": r, "k": 4, "batch": b,
-                         **sparse_vs_full_point(full, light, batch, repeats, peak)})
-            print(json.dumps(rows[-1]))
-    return rows
 
 
 def main(argv=None):
@@ -74,14 +42,13 @@ def main(argv=None):
     ap.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        name, r, n, b, mode = args.child
-        print(peak_memory_child(name, int(r), int(n), int(b), mode))
+        print(peak_memory_child(models, *args.child))
         return
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     keep_freed_memory()
     lengths = args.lengths or ([128, 512, 1024] if args.quick else [128, 256, 512, 1024, 2048])
     repeats = 3 if args.quick else 5
-    sparse = sparse_vs_full(lengths, [2, 4, 8], 16, repeats, device)
+    sparse = sparse_vs_full(__file__, models, [2, 4, 8], "r", lengths, 16, repeats, device)
     if args.no_scoring:
         old = Path(args.out)
         scoring = json.loads(old.read_text()).get("request_scoring", []) if old.exists() else []

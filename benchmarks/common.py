@@ -155,6 +155,30 @@ def sparse_vs_full_point(full, sparse, batch, repeats: int, peak_mib) -> dict:
     return row
 
 
+def sparse_vs_full(script: str, make_pair, settings, key: str, lengths, batch_size: int, repeats: int,
+                   device) -> list[dict]:
+    """benchmarks.md #1 over history lengths x settings. make_pair(setting, device) -> (full, sparse) models with
+    shared weights; peak memory comes from `script --child full|sparse setting n b mode` (peak_memory_child)."""
+    rows = []
+    for n in lengths:
+        b = max(1, batch_size * 256 // n)  # fewer sequences at long lengths, so full attention fits
+        batch = random_batch(b, n, device)
+        for setting in settings:
+            full, sparse = make_pair(setting, device)
+            peak = lambda which, mode: child_peak_mib(script, which, setting, n, b, mode)  # noqa: E731
+            rows.append({"n": n, key: setting, "batch": b, **sparse_vs_full_point(full, sparse, batch, repeats, peak)})
+            print(json.dumps(rows[-1]))
+    return rows
+
+
+def peak_memory_child(make_pair, which: str, setting: str, n: str, b: str, mode: str) -> float:
+    """One step of one model of the pair in this fresh process: its peak memory rise in MiB."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    full, sparse = make_pair(setting, device)
+    batch = random_batch(int(b), int(n), device)
+    return peak_rise_mib(lambda: run_step(full if which == "full" else sparse, batch, mode), device)
+
+
 def request_scoring(named_configs, n: int, counts, repeats, device) -> list[dict]:
     """benchmarks.md #2: one user with n behaviors and C candidates: encode_user once + score_candidates (reuse)
     against scoring C independent impressions (the history re-encoded per candidate)."""

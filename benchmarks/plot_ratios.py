@@ -16,7 +16,7 @@ def plot(path: Path) -> Path:
     import matplotlib.pyplot as plt
     res = json.loads(path.read_text())
     rows = res["sparse_vs_full"]
-    length = "n" if "n" in rows[0] else "L"
+    length = "n" if "n" in rows[0] else "L"  # older result files name it L
     series = "preset" if "preset" in rows[0] else "r"
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharex=True)
     for i, key in enumerate(sorted({r[series] for r in rows}, key=str)):
