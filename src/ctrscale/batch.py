@@ -63,6 +63,10 @@ class RequestBatch:
     def __len__(self) -> int:  # real impressions
         return int(self.mask.sum())
 
+    def select(self, idx: Tensor) -> "RequestBatch":  # a subset of the requests
+        return RequestBatch(context=self.context.select(idx), cand_sparse=self.cand_sparse[idx],
+                            cand_dense=self.cand_dense[idx], label=self.label[idx], mask=self.mask[idx])
+
     @property
     def num_candidates(self) -> int:
         return self.mask.shape[1]

@@ -49,6 +49,8 @@ class TrainSection:
     precision: str = "auto"          # auto (bf16 autocast on GPU) | fp32 | bf16
     progress: bool = True
     threads: int = 0                 # torch intra-op threads; 0 leaves the default
+    grad_accum: int = 1              # > 1: each batch's gradient from this many micro-batches (less memory, same
+                                     # step; batch statistics such as Dice's BatchNorm see the micro-batches)
 
 
 @dataclass

@@ -227,10 +227,9 @@ def fit(cfg: RunConfig, resume: bool = False) -> dict:
         t0, seen, loss_sum, loss_n = time.perf_counter(), 0, 0.0, 0
         for batch in batches:
             batch = batch.to(device, non_blocking=True)
-            with autocast_for(device, cfg.train.precision):
-                loss = step_loss(batch)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            autocast = autocast_for(device, cfg.train.precision)
+            loss = accumulate_gradients(step_loss, batch, cfg.train.grad_accum, autocast)
             if cfg.optim.grad_clip > 0:
                 nn.utils.clip_grad_norm_(trainable.parameters(), cfg.optim.grad_clip)
             opt.step()
@@ -285,6 +284,26 @@ def fit(cfg: RunConfig, resume: bool = False) -> dict:
                                            cfg.data.eval_batch_size, device, cfg.train.precision)
     (run_dir / "results.json").write_text(json.dumps(results, indent=1))
     return results
+
+
+def accumulate_gradients(step_loss, batch, parts: int, autocast) -> Tensor:
+    """Backward of the batch's mean loss in `parts` micro-batches (rows, or whole requests), each weighted by its
+    share of the impressions: the gradient of one big batch at a fraction of its activation memory."""
+    if parts <= 1:
+        with autocast:
+            loss = step_loss(batch)
+        loss.backward()
+        return loss.detach()
+    total, n = 0.0, len(batch)
+    for idx in torch.arange(batch.label.shape[0], device=batch.label.device).tensor_split(parts):
+        micro = batch.select(idx)
+        if len(micro) == 0:
+            continue
+        with autocast:
+            loss = step_loss(micro) * (len(micro) / n)
+        loss.backward()
+        total = total + loss.detach()
+    return total
 
 
 def distill_loss(z_student: Tensor, z_teacher: Tensor, label: Tensor, temperature: float,
