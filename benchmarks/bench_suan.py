@@ -11,17 +11,13 @@
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
-import plot_ratios
 import torch
-from common import SPEC, peak_memory_child, request_scoring, sparse_vs_full, write
+from common import SPEC, sparse_benchmark_main
 
 from ctrscale.models.registry import build_model
-from ctrscale.train.recipe import keep_freed_memory
 
 
 def models(r: int, device):
@@ -33,30 +29,9 @@ def models(r: int, device):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default="benchmarks/results/suan.json")
-    ap.add_argument("--quick", action="store_true", help="fewer lengths and repeats")
-    ap.add_argument("--lengths", nargs="*", type=int, help="history lengths for #1 (default 128 .. 2048)")
-    ap.add_argument("--no-scoring", action="store_true",
-                    help="skip #2 (request scoring), keeping the #2 figures already in --out")
-    ap.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
-    if args.child:
-        print(peak_memory_child(models, *args.child))
-        return
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    keep_freed_memory()
-    lengths = args.lengths or ([128, 512, 1024] if args.quick else [128, 256, 512, 1024, 2048])
-    repeats = 3 if args.quick else 5
-    sparse = sparse_vs_full(__file__, models, [2, 4, 8], "r", lengths, 16, repeats, device)
-    if args.no_scoring:
-        old = Path(args.out)
-        scoring = json.loads(old.read_text()).get("request_scoring", []) if old.exists() else []
-    else:
-        named = [("suan", {"name": "suan"}), ("lightsuan", {"name": "lightsuan", "local": 4, "dilation": 4})]
-        scoring = request_scoring(named, 1000, [1, 10, 100, 1000], 3, device)
-    write({"benchmark": "suan_vs_lightsuan", "sparse_vs_full": sparse, "request_scoring": scoring}, args.out)
-    print(plot_ratios.plot(Path(args.out)))
+    sparse_benchmark_main(argv, __file__, "suan_vs_lightsuan", models, "r", [2, 4, 8],
+                          [("suan", {"name": "suan"}), ("lightsuan", {"name": "lightsuan", "local": 4, "dilation": 4})],
+                          "benchmarks/results/suan.json")
 
 
 if __name__ == "__main__":

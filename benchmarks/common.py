@@ -213,3 +213,38 @@ def request_scoring(named_configs, n: int, counts, repeats, device) -> list[dict
                          "speedup": t_i / t_r})
             print(json.dumps(rows[-1]))
     return rows
+
+
+def sparse_benchmark_main(argv, script: str, benchmark: str, make_pair, key: str, settings: list, scoring_configs,
+                          default_out: str) -> None:
+    """The command line both sparse-vs-full benchmarks share: #1 over lengths x settings (`--settings` picks
+    them; `key` names them in the rows), #2 request scoring of `scoring_configs`, JSON + PNG into --out."""
+    import argparse
+
+    import plot_ratios
+
+    from ctrscale.train.recipe import keep_freed_memory
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=default_out)
+    ap.add_argument("--quick", action="store_true", help="fewer lengths and repeats")
+    ap.add_argument("--lengths", nargs="*", type=int, help="history lengths for #1 (default 128 .. 2048)")
+    ap.add_argument("--settings", nargs="*", default=settings, type=type(settings[0]),
+                    help=f"{key} values against the full model (default {settings})")
+    ap.add_argument("--no-scoring", action="store_true",
+                    help="skip #2 (request scoring), keeping the #2 figures already in --out")
+    ap.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        print(peak_memory_child(make_pair, *args.child))
+        return
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    keep_freed_memory()
+    lengths = args.lengths or ([128, 512, 1024] if args.quick else [128, 256, 512, 1024, 2048])
+    sparse = sparse_vs_full(script, make_pair, args.settings, key, lengths, 16, 3 if args.quick else 5, device)
+    if args.no_scoring:
+        old = Path(args.out)
+        scoring = json.loads(old.read_text()).get("request_scoring", []) if old.exists() else []
+    else:
+        scoring = request_scoring(scoring_configs, 1000, [1, 10, 100, 1000], 3, device)
+    write({"benchmark": benchmark, "sparse_vs_full": sparse, "request_scoring": scoring}, args.out)
+    print(plot_ratios.plot(Path(args.out)))
