@@ -156,13 +156,13 @@ def sparse_vs_full_point(full, sparse, batch, repeats: int, peak_mib) -> dict:
 
 
 def sparse_vs_full(script: str, make_pair, settings, key: str, lengths, batch_size: int, repeats: int,
-                   device) -> list[dict]:
+                   device, make_batch=random_batch) -> list[dict]:
     """benchmarks.md #1 over history lengths x settings. make_pair(setting, device) -> (full, sparse) models with
     shared weights; peak memory comes from `script --child full|sparse setting n b mode` (peak_memory_child)."""
     rows = []
     for n in lengths:
         b = max(1, batch_size * 256 // n)  # fewer sequences at long lengths, so full attention fits
-        batch = random_batch(b, n, device)
+        batch = make_batch(b, n, device)
         for setting in settings:
             full, sparse = make_pair(setting, device)
             peak = lambda which, mode: child_peak_mib(script, which, setting, n, b, mode)  # noqa: E731
@@ -171,11 +171,12 @@ def sparse_vs_full(script: str, make_pair, settings, key: str, lengths, batch_si
     return rows
 
 
-def peak_memory_child(make_pair, which: str, setting: str, n: str, b: str, mode: str) -> float:
+def peak_memory_child(make_pair, which: str, setting: str, n: str, b: str, mode: str,
+                      make_batch=random_batch) -> float:
     """One step of one model of the pair in this fresh process: its peak memory rise in MiB."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     full, sparse = make_pair(setting, device)
-    batch = random_batch(int(b), int(n), device)
+    batch = make_batch(int(b), int(n), device)
     return peak_rise_mib(lambda: run_step(full if which == "full" else sparse, batch, mode), device)
 
 
@@ -216,9 +217,10 @@ def request_scoring(named_configs, n: int, counts, repeats, device) -> list[dict
 
 
 def sparse_benchmark_main(argv, script: str, benchmark: str, make_pair, key: str, settings: list, scoring_configs,
-                          default_out: str) -> None:
-    """The command line both sparse-vs-full benchmarks share: #1 over lengths x settings (`--settings` picks
-    them; `key` names them in the rows), #2 request scoring of `scoring_configs`, JSON + PNG into --out."""
+                          default_out: str, make_batch=random_batch, scoring=None, extra=None) -> None:
+    """The command line the sparse-vs-full benchmarks share: #1 over lengths x settings (`--settings` picks
+    them; `key` names them in the rows), #2 request scoring of `scoring_configs` (or `scoring(device)` -> rows),
+    `extra(device)` -> more figures for the JSON; JSON + PNG into --out."""
     import argparse
 
     import plot_ratios
@@ -235,16 +237,20 @@ def sparse_benchmark_main(argv, script: str, benchmark: str, make_pair, key: str
     ap.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        print(peak_memory_child(make_pair, *args.child))
+        print(peak_memory_child(make_pair, *args.child, make_batch=make_batch))
         return
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     keep_freed_memory()
     lengths = args.lengths or ([128, 512, 1024] if args.quick else [128, 256, 512, 1024, 2048])
-    sparse = sparse_vs_full(script, make_pair, args.settings, key, lengths, 16, 3 if args.quick else 5, device)
+    sparse = sparse_vs_full(script, make_pair, args.settings, key, lengths, 16, 3 if args.quick else 5, device,
+                            make_batch)
     if args.no_scoring:
         old = Path(args.out)
-        scoring = json.loads(old.read_text()).get("request_scoring", []) if old.exists() else []
+        rows = json.loads(old.read_text()).get("request_scoring", []) if old.exists() else []
+    elif scoring is not None:
+        rows = scoring(device)
     else:
-        scoring = request_scoring(scoring_configs, 1000, [1, 10, 100, 1000], 3, device)
-    write({"benchmark": benchmark, "sparse_vs_full": sparse, "request_scoring": scoring}, args.out)
+        rows = request_scoring(scoring_configs, 1000, [1, 10, 100, 1000], 3, device)
+    write({"benchmark": benchmark, "sparse_vs_full": sparse, "request_scoring": rows,
+           **(extra(device) if extra else {})}, args.out)
     print(plot_ratios.plot(Path(args.out)))

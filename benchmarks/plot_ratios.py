@@ -1,5 +1,5 @@
-"""Plot a sparse-vs-full benchmark JSON (bench_suan.py, bench_sparsectr.py): time and peak-memory ratios against
-history length, one line per configuration, the counted-FLOPs ratio dashed beside the time ratio.
+"""Plot a sparse-vs-full benchmark JSON (bench_suan.py, bench_sparsectr.py, bench_est.py): time and peak-memory
+ratios against history length, one line per configuration, the counted-FLOPs ratio dashed beside the time ratio.
 
     python benchmarks/plot_ratios.py benchmarks/results/suan.json benchmarks/results/sparsectr.json
 writes suan.png and sparsectr.png next to them."""
@@ -17,7 +17,7 @@ def plot(path: Path) -> Path:
     res = json.loads(path.read_text())
     rows = res["sparse_vs_full"]
     length = "n" if "n" in rows[0] else "L"  # older result files name it L
-    series = "preset" if "preset" in rows[0] else "r"
+    series = next(k for k in ("preset", "variant", "r") if k in rows[0])
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharex=True)
     for i, key in enumerate(sorted({r[series] for r in rows}, key=str)):
         pts = sorted((r for r in rows if r[series] == key), key=lambda r: r[length])

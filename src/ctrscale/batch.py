@@ -24,6 +24,9 @@ class Batch:
     label: Tensor      # (B,) float32 0/1
     user: Tensor       # (B,) int64 user key (GAUC groups)
     request: Tensor    # (B,) int64 request key
+    # Candidate-specific behaviors R_c (the GSU's pick from the long history), when the model asks for them
+    cand_hist: Tensor | None = None       # (B, K, F_hist) int64
+    cand_hist_time: Tensor | None = None  # (B, K) int64 unix seconds; 0 marks padding
 
     def to(self, device, non_blocking: bool = False) -> "Batch":
         return _to(self, device, non_blocking)
@@ -35,8 +38,13 @@ class Batch:
     def hist_mask(self) -> Tensor:  # (B, L) True where a behavior is real
         return self.hist_time > 0
 
+    @property
+    def cand_hist_mask(self) -> Tensor:  # (B, K) True where a candidate-specific behavior is real
+        return self.cand_hist_time > 0
+
     def select(self, idx: Tensor) -> "Batch":
-        return Batch(**{f.name: getattr(self, f.name)[idx] for f in dataclasses.fields(self)})
+        return Batch(**{f.name: None if v is None else v[idx]
+                        for f in dataclasses.fields(self) for v in [getattr(self, f.name)]})
 
     def with_max_len(self, max_len: int) -> "Batch":
         """Keep the `max_len` most recent behaviors (right-aligned, so a slice from the right)."""
@@ -54,18 +62,22 @@ class RequestBatch:
     cand_dense: Tensor     # (R, C, F_dense)
     label: Tensor          # (R, C) float32
     mask: Tensor           # (R, C) bool: real candidate slots
+    cand_hist: Tensor | None = None       # (R, C, K, F_hist) each candidate's own behaviors R_c, when loaded
+    cand_hist_time: Tensor | None = None  # (R, C, K)
+
+    PER_CANDIDATE = ("cand_sparse", "cand_dense", "label", "mask", "cand_hist", "cand_hist_time")
 
     def to(self, device, non_blocking: bool = False) -> "RequestBatch":
         return RequestBatch(context=self.context.to(device, non_blocking),
-                            **{k: getattr(self, k).to(device, non_blocking=non_blocking)
-                               for k in ("cand_sparse", "cand_dense", "label", "mask")})
+                            **{k: None if v is None else v.to(device, non_blocking=non_blocking)
+                               for k in self.PER_CANDIDATE for v in [getattr(self, k)]})
 
     def __len__(self) -> int:  # real impressions
         return int(self.mask.sum())
 
     def select(self, idx: Tensor) -> "RequestBatch":  # a subset of the requests
-        return RequestBatch(context=self.context.select(idx), cand_sparse=self.cand_sparse[idx],
-                            cand_dense=self.cand_dense[idx], label=self.label[idx], mask=self.mask[idx])
+        per_candidate = {k: None if v is None else v[idx] for k in self.PER_CANDIDATE for v in [getattr(self, k)]}
+        return RequestBatch(context=self.context.select(idx), **per_candidate)
 
     @property
     def num_candidates(self) -> int:
@@ -81,21 +93,25 @@ class RequestBatch:
         starts = torch.cumsum(counts, 0) - counts
         slot = torch.arange(len(batch), device=order.device) - starts[inverse[order]]
         rows, slots = inverse[order], slot
-        mask = torch.zeros(r, c, dtype=torch.bool, device=order.device)
-        mask[rows, slots] = True
-        sparse = batch.sparse.new_zeros(r, c, batch.sparse.shape[1])
-        sparse[rows, slots] = batch.sparse[order]
-        dense = batch.dense.new_zeros(r, c, batch.dense.shape[1])
-        dense[rows, slots] = batch.dense[order]
-        label = batch.label.new_zeros(r, c)
-        label[rows, slots] = batch.label[order]
-        context = batch.select(order[starts])
-        return cls(context=context, cand_sparse=sparse, cand_dense=dense, label=label, mask=mask)
+
+        def per_slot(x: Tensor | None) -> Tensor | None:  # (B, ...) rows -> (R, C, ...) slots, zeros in the gaps
+            if x is None:
+                return None
+            out = x.new_zeros(r, c, *x.shape[1:])
+            out[rows, slots] = x[order]
+            return out
+        mask = per_slot(torch.ones_like(batch.label, dtype=torch.bool))
+        context = dataclasses.replace(batch.select(order[starts]), cand_hist=None, cand_hist_time=None)
+        return cls(context=context, cand_sparse=per_slot(batch.sparse), cand_dense=per_slot(batch.dense),
+                   label=per_slot(batch.label), mask=mask, cand_hist=per_slot(batch.cand_hist),
+                   cand_hist_time=per_slot(batch.cand_hist_time))
 
     def flat(self) -> Batch:
         """The real impressions as a flat batch, request by request, candidates in slot order."""
         r, c = self.mask.shape
         owner = torch.arange(r, device=self.mask.device).repeat_interleave(c)[self.mask.flatten()]
         ctx = self.context.select(owner)
+        picked = lambda x: None if x is None else x[self.mask]  # noqa: E731
         return dataclasses.replace(ctx, sparse=self.cand_sparse[self.mask], dense=self.cand_dense[self.mask],
-                                   label=self.label[self.mask])
+                                   label=self.label[self.mask], cand_hist=picked(self.cand_hist),
+                                   cand_hist_time=picked(self.cand_hist_time))

@@ -1,4 +1,4 @@
-"""Command line: `ctrscale ls | data prepare | train | distill | eval | compare | demo`."""
+"""Command line: `ctrscale ls | data prepare | train | distill | eval | analyze | compare | demo`."""
 from __future__ import annotations
 
 import argparse
@@ -62,25 +62,19 @@ def cmd_distill(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    import torch
-
-    from .data.catalog import open_dataset
-    from .models.registry import build_model
-    from .train.config import load_config
-    from .train.recipe import evaluate, resolve_device
-    run = Path(args.run)
-    cfg = load_config(run / "config.yaml")
-    data = open_dataset(cfg.data.name, cfg.data.path, cfg.data.raw_dir, cfg.data.options)
-    device = resolve_device(cfg.train.device)
-    model = build_model(data.spec, cfg.model).to(device)
-    ck = torch.load(run / f"{args.checkpoint}.pt", weights_only=False, map_location=device)
-    state = ck["model"] if "model" in ck else ck
-    if cfg.distill is not None and args.checkpoint == "last":  # last.pt holds student and teacher together
-        state = {k[len("student."):]: v for k, v in state.items() if k.startswith("student.")}
-    model.load_state_dict(state)
+    from .train.recipe import evaluate, load_trained
+    cfg, data, model, device = load_trained(args.run, args.checkpoint)
     max_len = cfg.data.max_len or data.spec.max_len
     m = evaluate(model, data, args.split, max_len, cfg.data.eval_batch_size, device, cfg.train.precision)
     print(json.dumps(m, indent=1))
+    return 0
+
+
+def cmd_analyze_attention(args) -> int:
+    from .analysis import analyze_attention
+    report = analyze_attention(args.run, args.split, args.samples, Path(args.out) if args.out else None)
+    print(report["table"])
+    print(f"heatmap: {report['heatmap']}")
     return 0
 
 
@@ -136,6 +130,15 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--split", default="test", choices=["train", "valid", "test"])
     s.add_argument("--checkpoint", default="best", choices=["best", "last"])
     s.set_defaults(fn=cmd_eval)
+
+    a = sub.add_parser("analyze", help="analyses of trained runs").add_subparsers(dest="analyze_cmd", required=True)
+    s = a.add_parser("attention", help="Full-Attention EST run: per-block effective rank heatmap and the AUC "
+                                       "when each block (N->N, N->S, S->N, S->S) is masked")
+    s.add_argument("run", help="run folder of an `est` model trained with model.attention=full")
+    s.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    s.add_argument("--samples", type=int, default=1000, help="impressions whose attention maps are measured")
+    s.add_argument("--out", help="output folder (default: <run>/analysis)")
+    s.set_defaults(fn=cmd_analyze_attention)
 
     s = sub.add_parser("compare", help="models x seeds on one dataset, with paired tests")
     s.add_argument("--data", required=True, help="dataset name (see `data prepare`)")

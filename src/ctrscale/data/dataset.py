@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .gsu import Searcher
 from .store import SPLITS, Vocab, read_columns
 
 
@@ -94,6 +95,7 @@ class PreparedDataset:
         self.log_ids = log.get("ids", np.zeros((0, nh), np.int32))
         self.log_time = log.get("time", np.zeros(0, np.int64))
         self._splits: dict[str, SplitData] = {}
+        self._searchers: dict = {}
 
     def split(self, name: str) -> SplitData:
         if name not in SPLITS:
@@ -109,16 +111,26 @@ class PreparedDataset:
         p = self.root / "content.npy"
         return np.load(p) if p.exists() else None
 
+    def searcher(self, cfg):
+        """The GSU for a gsu.CandidateSequence setting (built once: it may hold an item x item cosine table)."""
+        if cfg not in self._searchers:
+            self._searchers[cfg] = Searcher(self, cfg)
+        return self._searchers[cfg]
+
     @property
     def report(self) -> dict:
         return json.loads((self.root / "report.json").read_text())
 
-    def gather(self, split: str, idx: np.ndarray, max_len: int, trim: bool = False) -> dict[str, np.ndarray]:
+    def gather(self, split: str, idx: np.ndarray, max_len: int, trim: bool = False,
+               searcher=None) -> dict[str, np.ndarray]:
         """Rows idx of a split with their histories cut to the `max_len` most recent behaviors, right-aligned.
         trim: drop the left padding no row of this batch needs (width = longest history, rounded up to a multiple
-        of 8 so few distinct shapes occur); models ignore padding, so only the cost changes."""
+        of 8 so few distinct shapes occur); models ignore padding, so only the cost changes.
+        searcher: a gsu.Searcher adding each row's candidate-specific behaviors (cand_hist, cand_hist_time)."""
         rows = self.split(split).take(idx)
         start, end = rows.pop("hist_start"), rows.pop("hist_end")
+        if searcher is not None:
+            rows.update(searcher(rows["sparse"], start, end))
         if trim:
             longest = int((end - start).max(initial=0))
             max_len = min(max_len, max(8, -(-longest // 8) * 8))

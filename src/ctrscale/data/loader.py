@@ -18,28 +18,32 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..batch import Batch, RequestBatch
 from .dataset import PreparedDataset
+from .gsu import CandidateSequence
 
 
 def _to_batch(rows: dict[str, np.ndarray]) -> Batch:
     t = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in rows.items()}
     return Batch(sparse=t["sparse"].long(), dense=t["dense"].float(), hist=t["hist"].long(),
                  hist_time=t["hist_time"].long(), time=t["time"].long(), label=t["label"].float(),
-                 user=t["user"].long(), request=t["request"].long())
+                 user=t["user"].long(), request=t["request"].long(),
+                 cand_hist=t["cand_hist"].long() if "cand_hist" in t else None,
+                 cand_hist_time=t["cand_hist_time"].long() if "cand_hist_time" in t else None)
 
 
 class _Gather(Dataset):
     """Index array -> Batch (or RequestBatch). Used as a map-style dataset whose items are whole batches."""
 
     def __init__(self, data: PreparedDataset, split: str, max_len: int, plan: list[np.ndarray], listwise: bool,
-                 trim: bool):
+                 trim: bool, cand_seq: CandidateSequence | None):
         self.data, self.split, self.max_len, self.plan, self.listwise = data, split, max_len, plan, listwise
         self.trim = trim
+        self.searcher = data.searcher(cand_seq) if cand_seq is not None else None
 
     def __len__(self) -> int:
         return len(self.plan)
 
     def __getitem__(self, i: int):
-        batch = _to_batch(self.data.gather(self.split, self.plan[i], self.max_len, self.trim))
+        batch = _to_batch(self.data.gather(self.split, self.plan[i], self.max_len, self.trim, self.searcher))
         return RequestBatch.from_batch(batch) if self.listwise else batch
 
 
@@ -56,6 +60,7 @@ class LoaderConfig:
     trim: bool = True         # cut each batch's history padding to its longest history
     length_window: int = 0    # > 0: batch rows of similar history length, sorted within windows of this many batches
     max_tokens: int = 0       # > 0: also at most this many rows (requests) x trimmed history width per batch
+    cand_seq: CandidateSequence | None = None  # add each row's candidate-specific behaviors R_c (the GSU)
 
 
 class Loader:
@@ -136,7 +141,8 @@ class Loader:
 
     def epoch(self, epoch: int = 0, start_step: int = 0):
         plan = self.plan(epoch)[start_step:]
-        ds = _Gather(self.data, self.split, self.cfg.max_len, plan, self.cfg.listwise, self.cfg.trim)
+        ds = _Gather(self.data, self.split, self.cfg.max_len, plan, self.cfg.listwise, self.cfg.trim,
+                     self.cfg.cand_seq)
         if self.cfg.num_workers == 0:
             return (ds[i] for i in range(len(ds)))
         return iter(DataLoader(ds, batch_size=None, shuffle=False, num_workers=self.cfg.num_workers,

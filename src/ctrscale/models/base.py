@@ -20,15 +20,19 @@ class CTRModel(nn.Module):
     def encode_user(self, context: Batch):
         return context
 
-    def score_candidates(self, state, cand_sparse: Tensor, cand_dense: Tensor) -> Tensor:
-        """(R, C, F) candidate rows -> (R, C) logits."""
+    def score_candidates(self, state, cand_sparse: Tensor, cand_dense: Tensor, cand_hist: Tensor | None = None,
+                         cand_hist_time: Tensor | None = None) -> Tensor:
+        """(R, C, F) candidate rows (and their (R, C, K, F_hist) candidate-specific behaviors) -> (R, C) logits."""
         ctx: Batch = state
         r, c = cand_sparse.shape[:2]
         owner = lambda t: t.repeat_interleave(c, 0)  # noqa: E731
-        flat = dataclasses.replace(ctx, sparse=cand_sparse.reshape(r * c, -1), dense=cand_dense.reshape(r * c, -1),
+        flat_c = lambda t: None if t is None else t.reshape(r * c, *t.shape[2:])  # noqa: E731
+        flat = dataclasses.replace(ctx, sparse=flat_c(cand_sparse), dense=flat_c(cand_dense),
                                    hist=owner(ctx.hist), hist_time=owner(ctx.hist_time), time=owner(ctx.time),
-                                   label=owner(ctx.label), user=owner(ctx.user), request=owner(ctx.request))
+                                   label=owner(ctx.label), user=owner(ctx.user), request=owner(ctx.request),
+                                   cand_hist=flat_c(cand_hist), cand_hist_time=flat_c(cand_hist_time))
         return self(flat).view(r, c)
 
     def score_request(self, rb: RequestBatch) -> Tensor:
-        return self.score_candidates(self.encode_user(rb.context), rb.cand_sparse, rb.cand_dense)
+        return self.score_candidates(self.encode_user(rb.context), rb.cand_sparse, rb.cand_dense,
+                                     rb.cand_hist, rb.cand_hist_time)

@@ -105,7 +105,8 @@ class HSTU(CTRModel):
         profile = self.emb.profile(context.sparse).flatten(-2)
         return caches, context.hist_time, context.hist_mask, context.time, profile
 
-    def score_candidates(self, state, cand_sparse: Tensor, cand_dense: Tensor) -> Tensor:
+    def score_candidates(self, state, cand_sparse: Tensor, cand_dense: Tensor, cand_hist=None,
+                         cand_hist_time=None) -> Tensor:  # R_c unused
         caches, times, valid, t_cand, profile = state
         r, c = cand_sparse.shape[:2]
         x = self.emb.candidate_as_behavior(cand_sparse).flatten(-2)               # (R, C, D)

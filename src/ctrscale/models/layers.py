@@ -154,3 +154,30 @@ class TargetAttention(nn.Module):
             h = layer(h)
         w = h.squeeze(-1)                                                  # (B, L)
         return self._pool(w, keys, mask)
+
+
+class TokenLinear(nn.Module):
+    """n independent linear maps, one per token position (token-specific parameters of EST, HiFormer, OneTrans):
+    (..., n, d_in) -> (..., n, d_out) in one batched einsum."""
+
+    def __init__(self, n: int, d_in: int, d_out: int, bias: bool = True):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(n, d_in, d_out) / d_in ** 0.5)
+        self.bias = nn.Parameter(torch.zeros(n, d_out)) if bias else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = torch.einsum("...ni,nio->...no", x, self.weight)
+        return y + self.bias if self.bias is not None else y
+
+
+class TokenSwiGLU(nn.Module):
+    """A SwiGLU feed-forward network of its own for each of n tokens (EST's PerToken-FFN)."""
+
+    def __init__(self, n: int, dim: int, mult: int = 2):
+        super().__init__()
+        self.w12 = TokenLinear(n, dim, 2 * mult * dim, bias=False)
+        self.w3 = TokenLinear(n, mult * dim, dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        a, b = self.w12(x).chunk(2, -1)
+        return self.w3(nn.functional.silu(a) * b)

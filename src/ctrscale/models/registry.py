@@ -4,6 +4,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+import numpy as np
+import torch
+
 from ..data.dataset import DataSpec
 from ..typed import from_dict
 
@@ -39,15 +42,23 @@ def get(name: str) -> Entry:
     return all_[name]
 
 
-def build_model(spec: DataSpec, model: dict):
-    """Build from {'name': ..., **config}; a misspelled config key is an error naming the model."""
+def build_model(spec: DataSpec, model: dict, content: np.ndarray | None = None):
+    """Build from {'name': ..., **config}; a misspelled config key is an error naming the model.
+    content: the dataset's frozen item content table (rows = item ids), for the models that read it
+    (`uses_content`); it becomes a buffer of the model, so a checkpoint serves without the dataset."""
     model = dict(model)
     name = model.pop("name", None)
     if name is None:
         raise KeyError("model config needs a 'name'")
     entry = get(name)
     cfg = from_dict(entry.config, model, f"model {name}")
-    return entry.model(spec, cfg)
+    built = entry.model(spec, cfg)
+    if getattr(built, "uses_content", False):
+        if content is None:
+            raise ValueError(f"model {name} reads item content vectors: the dataset {spec.name!r} has no content "
+                             f"table (declare `content:` in its schema)")
+        built.set_content(torch.as_tensor(np.asarray(content), dtype=torch.float32))
+    return built
 
 
 def default_config(name: str) -> dict:

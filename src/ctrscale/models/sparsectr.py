@@ -292,7 +292,8 @@ class SparseCTR(CTRModel):
             caches.append(cache)
         return _State(seq, caches, profile)
 
-    def score_candidates(self, state: _State, cand_sparse: Tensor, cand_dense: Tensor) -> Tensor:
+    def score_candidates(self, state: _State, cand_sparse: Tensor, cand_dense: Tensor, cand_hist=None,
+                         cand_hist_time=None) -> Tensor:  # R_c unused
         e = self.candidate_in(self.emb.other_flat(cand_sparse, cand_dense))           # (R, C, d)
         for block, cache in zip(self.blocks, state.caches):
             e = block.candidates(e, cache, state.seq)

@@ -197,7 +197,8 @@ class SUAN(CTRModel):
             caches.append(cache)
         return _State(e, caches, valid, times, profile, context.time)
 
-    def score_candidates(self, state: _State, cand_sparse: Tensor, cand_dense: Tensor) -> Tensor:
+    def score_candidates(self, state: _State, cand_sparse: Tensor, cand_dense: Tensor, cand_hist=None,
+                         cand_hist_time=None) -> Tensor:  # R_c unused
         r, c = cand_sparse.shape[:2]
         token = self.emb.candidate_as_behavior(cand_sparse).flatten(-2)                # (R, C, D)
         if self.cfg.target_aware:

@@ -51,6 +51,9 @@ class TrainSection:
     threads: int = 0                 # torch intra-op threads; 0 leaves the default
     grad_accum: int = 1              # > 1: each batch's gradient from this many micro-batches (less memory, same
                                      # step; batch statistics such as Dice's BatchNorm see the micro-batches)
+    sparse_reset: bool = False       # multi-epoch "asynchronous" training: embedding tables (and their optimizer
+                                     # state) back to their pre-training snapshot at every later epoch (sparse.py)
+    sparse_init: str | None = None   # warm-start the embedding tables from an earlier run's best.pt (or a .pt)
 
 
 @dataclass

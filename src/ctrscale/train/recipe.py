@@ -30,6 +30,7 @@ from ..data.loader import Loader, LoaderConfig
 from ..models.layers import is_embedding_param
 from ..models.registry import build_model
 from ..typed import ConfigError
+from . import sparse
 from .config import RunConfig, save_config
 
 
@@ -97,7 +98,7 @@ def predict(model: nn.Module, data, split: str, max_len: int, batch_size: int, d
     listwise = trains_listwise(model)  # a request's history encoded once for all its candidates
     loader = Loader(data, split, LoaderConfig(batch_size=batch_size, max_len=max_len, shuffle=False,
                                               num_workers=num_workers, length_window=16, listwise=listwise,
-                                              max_tokens=batch_size * 64))
+                                              max_tokens=batch_size * 64, cand_seq=candidate_sequence(model)))
     rows = np.concatenate(loader.plan(0)) if loader.n else np.zeros(0, np.int64)
     probs, labels, users = [], [], []
     for batch in loader.epoch(0):
@@ -116,6 +117,27 @@ def predict(model: nn.Module, data, split: str, max_len: int, batch_size: int, d
         placed[rows] = out
         return placed
     return {"prob": in_order(probs), "label": in_order(labels), "user": in_order(users)}
+
+
+def load_trained(run: str | Path, checkpoint: str = "best"):
+    """A finished (or stopped) run's config, dataset, and model with its best.pt / last.pt weights loaded."""
+    from .config import load_config
+    run = Path(run)
+    cfg = load_config(run / "config.yaml")
+    data = open_dataset(cfg.data.name, cfg.data.path, cfg.data.raw_dir, cfg.data.options)
+    device = resolve_device(cfg.train.device)
+    model = build_model(data.spec, cfg.model, content=data.content()).to(device)
+    state = torch.load(run / f"{checkpoint}.pt", weights_only=False, map_location=device)
+    state = state["model"] if "model" in state else state
+    if cfg.distill is not None and checkpoint == "last":  # last.pt holds student and teacher together
+        state = {k[len("student."):]: v for k, v in state.items() if k.startswith("student.")}
+    model.load_state_dict(state)
+    return cfg, data, model.eval(), device
+
+
+def candidate_sequence(model: nn.Module):
+    """The GSU setting (gsu.CandidateSequence) of a model that reads candidate-specific behaviors, else None."""
+    return getattr(model, "candidate_sequence", None)
 
 
 def trains_listwise(model: nn.Module, setting: bool | None = None) -> bool:
@@ -188,13 +210,17 @@ def fit(cfg: RunConfig, resume: bool = False) -> dict:
     max_len = cfg.data.max_len or data.spec.max_len
     torch.manual_seed(cfg.train.seed)
     random.seed(cfg.train.seed)
-    model = build_model(data.spec, cfg.model).to(device)
-    step_loss = Objective(model, cfg, data.spec, max_len, device)
+    model = build_model(data.spec, cfg.model, content=data.content()).to(device)
+    step_loss = Objective(model, cfg, data.spec, max_len, device, data.content())
     trainable = step_loss.trainable  # the model, or the student and its teacher together
+    if cfg.train.sparse_init:
+        copied = sparse.warm_start(model, cfg.train.sparse_init)
+        _say(cfg, f"warm start: {len(copied)} embedding tables from {cfg.train.sparse_init}")
     opt = make_optimizer(trainable, cfg.optim)
     train_loader = Loader(data, "train", LoaderConfig(cfg.data.batch_size, step_loss.load_len, cfg.data.num_workers,
                                                       shuffle=True, length_window=cfg.data.length_window,
-                                                      listwise=step_loss.listwise),
+                                                      listwise=step_loss.listwise,
+                                                      cand_seq=candidate_sequence(model)),
                           seed=cfg.train.seed)
     steps_per_epoch = train_loader.steps_per_epoch()
     sched = make_schedule(opt, cfg.optim, steps_per_epoch * cfg.train.epochs)
@@ -210,6 +236,14 @@ def fit(cfg: RunConfig, resume: bool = False) -> dict:
         st = ck["state"]
         if st["done"] and (run_dir / "results.json").exists():
             return json.loads((run_dir / "results.json").read_text())
+    saved_sparse = None
+    if cfg.train.sparse_reset:  # the snapshot is taken once, before any checkpoint, and kept for resumes
+        snap = run_dir / "sparse_snapshot.pt"
+        if last.exists() and resume:
+            saved_sparse = torch.load(snap, weights_only=True)
+        else:
+            saved_sparse = sparse.snapshot(trainable)
+            atomic_save(saved_sparse, snap)
     save_config(cfg, run_dir / "config.yaml")
     (run_dir / "data_spec.json").write_text(json.dumps({**data.spec.to_dict(), "max_len_used": max_len}, indent=1))
     log = MetricLog(run_dir, st["step"])
@@ -222,6 +256,8 @@ def fit(cfg: RunConfig, resume: bool = False) -> dict:
     trainable.train()
     while st["epoch"] < cfg.train.epochs and not st["done"]:
         epoch = st["epoch"]
+        if saved_sparse is not None and epoch > 0 and st["step_in_epoch"] == 0:
+            sparse.reset(trainable, opt, saved_sparse)
         batches = train_loader.epoch(epoch, start_step=st["step_in_epoch"])
         bar = _progress(cfg, steps_per_epoch, st["step_in_epoch"], f"epoch {epoch + 1}/{cfg.train.epochs}")
         t0, seen, loss_sum, loss_n = time.perf_counter(), 0, 0.0, 0
@@ -319,14 +355,14 @@ class Objective:
     """The training loss of a run: plain BCE, or online distillation when the config has a `distill` section.
     `load_len` is the history length batches are loaded with (the longer of student and teacher)."""
 
-    def __init__(self, model: nn.Module, cfg: RunConfig, spec, max_len: int, device):
+    def __init__(self, model: nn.Module, cfg: RunConfig, spec, max_len: int, device, content=None):
         self.model, self.max_len, self.dist = model, max_len, cfg.distill
         self.trainable, self.load_len, self.teacher = model, max_len, None
         self.listwise = trains_listwise(model, cfg.data.listwise)
         if self.dist is not None and self.listwise:
             raise ConfigError("online distillation trains pointwise: set data.listwise=false")
         if self.dist is not None:
-            self.teacher = build_model(spec, self.dist.teacher).to(device)
+            self.teacher = build_model(spec, self.dist.teacher, content=content).to(device)
             self.load_len = max(max_len, self.dist.teacher_max_len or max_len)
             self.trainable = nn.ModuleDict({"student": model, "teacher": self.teacher})
 
@@ -349,7 +385,8 @@ def finish(cfg, model, data, max_len, device, st, train_loader) -> dict:
     np.savez_compressed(cfg.run_dir / "test_predictions.npz", **pred)  # for paired tests between models
     test = metrics.evaluate(pred["label"], pred["prob"], pred["user"])
     valid = st["epochs"][st["best_epoch"] - 1]
-    sample = next(iter(Loader(data, "valid", LoaderConfig(batch_size=60, max_len=max_len, shuffle=False))))
+    sample = next(iter(Loader(data, "valid", LoaderConfig(batch_size=60, max_len=max_len, shuffle=False,
+                                                          cand_seq=candidate_sequence(model)))))
     sample = sample.to(device)
     return {"name": cfg.name, "model": cfg.model["name"], "dataset": data.spec.name, "max_len": max_len,
             "seed": cfg.train.seed, "best_epoch": st["best_epoch"], "epochs_run": len(st["epochs"]),

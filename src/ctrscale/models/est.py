@@ -1,0 +1,269 @@
+"""EST, the Efficiently Scalable Transformer (seed: EST-unified-modeling.txt; design: shared/spec/est.md).
+
+All raw inputs form one unified token sequence without early pooling:
+- N: one token per non-behavioral field (embedding, then a per-field linear map to d) plus one SimTier token
+  (histograms of the candidate's content cosine to the behaviors of R_u and of R_c);
+- S = [R_u ; R_c]: the user's recent behaviors and the candidate-specific behaviors the GSU retrieved from the
+  long history (data/gsu.py), each through its own sequence tokenizer (field embeddings concatenated, linear).
+
+One layer (pre-norm, residual): LCA, the N tokens attend to S (token-specific W_Q and W_O, shared W_K and W_V,
+padding masked, behaviors attend to nothing); CSA in parallel, each behavior adds the fixed-weight mix of its
+top-k most content-similar behaviors of the same sequence (R_u within R_u, R_c within R_c; the pattern is
+computed once per sample and reused by every layer); then a PerToken-FFN for each N token and one Shared-FFN for
+all behaviors. Head: MLP over [flatten(N), mean of the valid S].
+
+R_u is touched only by CSA within R_u and the shared FFN, so its states and K/V at every layer do not depend on
+the candidate: request scoring encodes them once per request (`encode_user`) and each candidate then pays for its
+own tokens, its R_c and the cross-attention (`score_candidates`). The pointwise forward is that same code with
+one candidate per request.
+
+attention="full" is the paper's Full-Attention variant: [N ; S] under full self-attention (the same token-specific
+projections for N queries, shared ones for behavior queries, the same FFNs, no CSA). It has no user-side reuse.
+For the analysis it can record its attention maps and mask any of the four blocks N->N, N->S, S->N, S->S.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from ..batch import Batch
+from ..data.dataset import DataSpec
+from ..data.gsu import CandidateSequence
+from .attention import RMSNorm, SwiGLU
+from .base import CTRModel
+from .content import ContentTable, content_topk, csa_apply, simtier
+from .layers import MLP, FeatureEmbedding, TokenLinear, TokenSwiGLU, masked_softmax, require_history
+from .registry import register
+
+ATTENTIONS = ("est", "lca", "full")
+BLOCKS = ("N->N", "N->S", "S->N", "S->S")  # query kind -> key kind
+
+
+@dataclass
+class ESTConfig:
+    embed_dim: int = 16
+    dim: int = 64                 # token width d (the paper: 128)
+    layers: int = 2               # (the paper: 6)
+    heads: int = 4
+    ffn_mult: int = 2             # SwiGLU hidden width = ffn_mult * dim
+    attention: str = "est"        # est (LCA + CSA) | lca (LCA only) | full (Full-Attention over [N ; S])
+    csa_k: int = 8                # neighbours per behavior in CSA (ours)
+    csa_tau: float = 0.1          # softmax temperature over their cosines (ours)
+    csa_value: bool = False       # variant: a shared value projection inside CSA
+    simtier_bins: int = 10        # 0: no SimTier token
+    cand_seq_len: int = 20        # K_c, the GSU's R_c length (the paper: 50)
+    cand_seq_by: str = "content"  # soft search by content cosine, or a behavior field for hard search
+    cand_seq_source_len: int = 0  # search the most recent this-many behaviors; 0 = the whole history
+    head_hidden: tuple[int, ...] = (256, 64)
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        if self.attention not in ATTENTIONS:
+            raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
+        if self.dim % self.heads:
+            raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
+        if self.csa_k < 1 or self.csa_tau <= 0:
+            raise ValueError("csa_k must be >= 1 and csa_tau > 0")
+
+
+def lca(q: Tensor, k_u: Tensor, v_u: Tensor, mask_u: Tensor, k_c: Tensor, v_c: Tensor, mask_c: Tensor) -> Tensor:
+    """Cross-attention of C candidates' N tokens over [R_u ; R_c], one softmax over both key sets.
+    q (R, C, n, H, e); k_u, v_u (R, Lu, H, e) shared by the C candidates (never copied per candidate);
+    k_c, v_c (R, C, K, H, e); masks (R, Lu), (R, C, K) -> (R, C, n, H, e). Rows with no valid key give 0."""
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    s_u = torch.einsum("rcnhe,rlhe->rchnl", q, k_u)
+    s_c = torch.einsum("rcnhe,rckhe->rchnk", q, k_c)
+    lu, c = s_u.shape[-1], q.shape[1]
+    mask = torch.cat([mask_u[:, None, None, None, :].expand(-1, c, -1, -1, -1), mask_c[:, :, None, None, :]], -1)
+    p = masked_softmax(torch.cat([s_u, s_c], -1) * scale, mask)
+    return torch.einsum("rchnl,rlhe->rcnhe", p[..., :lu], v_u) + torch.einsum("rchnk,rckhe->rcnhe", p[..., lu:], v_c)
+
+
+class CSAPattern(NamedTuple):
+    idx: Tensor      # (..., L, k) neighbour positions
+    weight: Tensor   # (..., L, k) fixed weights
+
+
+class ESTLayer(nn.Module):
+    def __init__(self, n_tokens: int, cfg: ESTConfig):
+        super().__init__()
+        d, self.heads = cfg.dim, cfg.heads
+        self.norm_n, self.norm_s = RMSNorm(d), RMSNorm(d)
+        self.q = TokenLinear(n_tokens, d, d, bias=False)      # token-specific
+        self.o = TokenLinear(n_tokens, d, d, bias=False)
+        self.kv = nn.Linear(d, 2 * d, bias=False)             # shared by all behaviors
+        self.csa = cfg.attention == "est"
+        self.csa_v = nn.Linear(d, d, bias=False) if self.csa and cfg.csa_value else None
+        if cfg.attention == "full":                           # behaviors become queries too
+            self.q_s, self.o_s = nn.Linear(d, d, bias=False), nn.Linear(d, d, bias=False)
+        self.ffn_norm_n, self.ffn_norm_s = RMSNorm(d), RMSNorm(d)
+        self.ffn_n = TokenSwiGLU(n_tokens, d, cfg.ffn_mult)
+        self.ffn_s = SwiGLU(d, cfg.ffn_mult)
+
+    def _split(self, x: Tensor) -> Tensor:  # (..., d) -> (..., H, e)
+        return x.view(*x.shape[:-1], self.heads, -1)
+
+    def _behaviors_rest(self, s: Tensor, s_norm: Tensor, pattern: CSAPattern | None) -> Tensor:
+        """The behavior side after attention: CSA within the sequence, then the shared FFN."""
+        if self.csa:
+            vals = self.csa_v(s_norm) if self.csa_v is not None else s_norm
+            s = s + csa_apply(vals, pattern.idx, pattern.weight)
+        return s + self.ffn_s(self.ffn_norm_s(s))
+
+    def user_side(self, s_u: Tensor, pattern: CSAPattern | None) -> tuple[tuple[Tensor, Tensor], Tensor]:
+        """Candidate-free work on R_u (R, Lu, d): its K/V for LCA, and its next states."""
+        sn = self.norm_s(s_u)
+        k, v = [self._split(t) for t in self.kv(sn).chunk(2, -1)]
+        return (k, v), self._behaviors_rest(s_u, sn, pattern)
+
+    def candidate_side(self, n_tok: Tensor, s_c: Tensor, user_kv: tuple[Tensor, Tensor], mask_u: Tensor,
+                       mask_c: Tensor, pattern: CSAPattern | None) -> tuple[Tensor, Tensor]:
+        """n_tok (R, C, n, d), s_c (R, C, K, d) with R_u's cached K/V -> next n_tok, s_c."""
+        nn_, sn = self.norm_n(n_tok), self.norm_s(s_c)
+        k_c, v_c = [self._split(t) for t in self.kv(sn).chunk(2, -1)]
+        att = lca(self._split(self.q(nn_)), *user_kv, mask_u, k_c, v_c, mask_c)       # (R, C, n, H, e)
+        n_tok = n_tok + self.o(att.flatten(-2))
+        n_tok = n_tok + self.ffn_n(self.ffn_norm_n(n_tok))
+        return n_tok, self._behaviors_rest(s_c, sn, pattern)
+
+    def full(self, n_tok: Tensor, s: Tensor, mask_s: Tensor, masked: frozenset, log: list | None):
+        """Full-Attention over [N ; S]: n_tok (B, n, d), s (B, L, d), mask_s (B, L)."""
+        n = n_tok.shape[1]
+        nn_, sn = self.norm_n(n_tok), self.norm_s(s)
+        q = self._split(torch.cat([self.q(nn_), self.q_s(sn)], 1)).transpose(1, 2)               # (B, H, T, e)
+        k, v = [self._split(t).transpose(1, 2) for t in self.kv(torch.cat([nn_, sn], 1)).chunk(2, -1)]
+        key_ok = torch.cat([mask_s.new_ones(mask_s.shape[0], n), mask_s], 1)                      # (B, T)
+        allowed = key_ok[:, None, None, :] & block_mask(n, s.shape[1], masked, s.device)
+        p = masked_softmax((q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1]), allowed)          # (B, H, T, T)
+        if log is not None:
+            log.append(p.detach())
+        out = (p @ v).transpose(1, 2).flatten(-2)                                                # (B, T, d)
+        n_tok = n_tok + self.o(out[:, :n])
+        s = s + self.o_s(out[:, n:])
+        n_tok = n_tok + self.ffn_n(self.ffn_norm_n(n_tok))
+        return n_tok, s + self.ffn_s(self.ffn_norm_s(s))
+
+
+def block_mask(n: int, length: int, masked: frozenset, device) -> Tensor:
+    """(T, T) bool, T = n + length: False on the masked blocks of the [N ; S] attention map."""
+    is_n = torch.arange(n + length, device=device) < n
+    kind = lambda x: torch.where(x, 0, 1)  # noqa: E731  (0 = N, 1 = S)
+    q_kind, k_kind = kind(is_n)[:, None], kind(is_n)[None, :]
+    allowed = torch.ones(n + length, n + length, dtype=torch.bool, device=device)
+    for b in masked:
+        qk, kk = ("NS".index(b[0]), "NS".index(b[-1]))
+        allowed &= ~((q_kind == qk) & (k_kind == kk))
+    return allowed
+
+
+class _UserState(NamedTuple):
+    kv: list            # per layer (k_u, v_u), each (R, Lu, H, e)
+    mask: Tensor        # (R, Lu)
+    content: Tensor     # (R, Lu, Dc) behavior content vectors (for SimTier)
+    pooled_sum: Tensor  # (R, d) sum of R_u's final states over valid behaviors
+    count: Tensor       # (R,)
+
+
+@register("est", ESTConfig, "EST: lightweight cross-attention + content sparse attention over unified tokens")
+class EST(CTRModel):
+    uses_content = True
+
+    def __init__(self, spec: DataSpec, cfg: ESTConfig):
+        super().__init__()
+        require_history(spec, "EST")
+        self.cfg = cfg
+        e, d = cfg.embed_dim, cfg.dim
+        self.emb = FeatureEmbedding(spec, e)
+        self.content = ContentTable(spec)
+        n_fields = len(spec.sparse) + len(spec.dense)
+        self.field_tokens = TokenLinear(n_fields, e, d)                # one tokenizer per feature
+        self.simtier = nn.Linear(2 * cfg.simtier_bins, d) if cfg.simtier_bins else None
+        self.user_tokens = nn.Linear(len(spec.hist) * e, d)           # one tokenizer per sequence kind
+        self.cand_tokens = nn.Linear(len(spec.hist) * e, d)
+        self.n_tokens = n_fields + (1 if self.simtier is not None else 0)
+        self.layers = nn.ModuleList(ESTLayer(self.n_tokens, cfg) for _ in range(cfg.layers))
+        self.head = MLP(self.n_tokens * d + d, cfg.head_hidden, 1, cfg.dropout)
+        self.candidate_sequence = CandidateSequence(cfg.cand_seq_len, cfg.cand_seq_by, cfg.cand_seq_source_len)
+        # Analysis hooks (Full-Attention only): blocks to mask, and a list that collects attention maps.
+        self.masked_blocks: frozenset = frozenset()
+        self.attention_log: list | None = None
+
+    def set_content(self, table: Tensor) -> None:
+        self.content.load(table)
+
+    def _pattern(self, vecs: Tensor, mask: Tensor) -> CSAPattern | None:
+        return CSAPattern(*content_topk(vecs, mask, self.cfg.csa_k, self.cfg.csa_tau)) if self.cfg.attention == "est" \
+            else None
+
+    def _candidate_tokens(self, sparse, dense, cand_hist, mask_c, user_vecs, mask_u):
+        """N tokens (..., n, d), R_c tokens (..., K, d) and R_c content (..., K, Dc) of candidates; the leading
+        dims of the candidate inputs are (R, C) (request scoring) or (B,) with user_vecs (B, Lu, Dc)."""
+        fields = torch.cat([self.emb.sparse(sparse), self.emb.numeric(dense)], -2)
+        n_tok = self.field_tokens(fields)
+        cvecs = self.content.of_behaviors(cand_hist)
+        if self.simtier is not None:
+            cand = self.content.of_items(sparse)
+            hist = torch.cat([simtier(cand, user_vecs, mask_u, self.cfg.simtier_bins),
+                              simtier(cand, cvecs, mask_c, self.cfg.simtier_bins)], -1)
+            n_tok = torch.cat([n_tok, self.simtier(hist).unsqueeze(-2)], -2)
+        return n_tok, self.cand_tokens(self.emb.hist(cand_hist).flatten(-2)), cvecs
+
+    def _predict(self, n_tok: Tensor, pooled: Tensor) -> Tensor:
+        return self.head(torch.cat([n_tok.flatten(-2), pooled], -1)).squeeze(-1)
+
+    # --- request scoring: R_u once per request, then any number of candidates -------------------------------
+    def encode_user(self, context: Batch):
+        if self.cfg.attention == "full":
+            return context
+        mask = context.hist_mask
+        s_u = self.user_tokens(self.emb.hist(context.hist).flatten(-2))                   # (R, Lu, d)
+        vecs = self.content.of_behaviors(context.hist)                                    # (R, Lu, Dc)
+        pattern = self._pattern(vecs, mask)                                               # once, for all layers
+        kv = []
+        for layer in self.layers:
+            pair, s_u = layer.user_side(s_u, pattern)
+            kv.append(pair)
+        pooled = (s_u * mask.unsqueeze(-1)).sum(1)
+        return _UserState(kv, mask, vecs, pooled, mask.sum(1))
+
+    def score_candidates(self, state, cand_sparse: Tensor, cand_dense: Tensor, cand_hist: Tensor | None = None,
+                         cand_hist_time: Tensor | None = None) -> Tensor:
+        if self.cfg.attention == "full":
+            return super().score_candidates(state, cand_sparse, cand_dense, cand_hist, cand_hist_time)
+        _need_rc(cand_hist)
+        mask_c = cand_hist_time > 0                                                       # (R, C, K)
+        user_vecs, mask_u = state.content.unsqueeze(1), state.mask.unsqueeze(1)           # broadcast over C
+        n_tok, s_c, cvecs = self._candidate_tokens(cand_sparse, cand_dense, cand_hist, mask_c, user_vecs, mask_u)
+        pattern = self._pattern(cvecs, mask_c)
+        for layer, kv in zip(self.layers, state.kv):
+            n_tok, s_c = layer.candidate_side(n_tok, s_c, kv, state.mask, mask_c, pattern)
+        total = state.pooled_sum.unsqueeze(1) + (s_c * mask_c.unsqueeze(-1)).sum(-2)      # (R, C, d)
+        count = state.count.unsqueeze(1) + mask_c.sum(-1)
+        return self._predict(n_tok, total / count.clamp_min(1).unsqueeze(-1))
+
+    # --- pointwise -------------------------------------------------------------------------------------------
+    def forward(self, batch: Batch) -> Tensor:
+        _need_rc(batch.cand_hist)
+        if self.cfg.attention != "full":  # one candidate per request: the request path itself
+            one = lambda t: t.unsqueeze(1)  # noqa: E731
+            return self.score_candidates(self.encode_user(batch), one(batch.sparse), one(batch.dense),
+                                         one(batch.cand_hist), one(batch.cand_hist_time)).squeeze(1)
+        mask_u, mask_c = batch.hist_mask, batch.cand_hist_mask
+        vecs = self.content.of_behaviors(batch.hist)
+        n_tok, s_c, _ = self._candidate_tokens(batch.sparse, batch.dense, batch.cand_hist, mask_c, vecs, mask_u)
+        s = torch.cat([self.user_tokens(self.emb.hist(batch.hist).flatten(-2)), s_c], 1)
+        mask_s = torch.cat([mask_u, mask_c], 1)
+        for layer in self.layers:
+            n_tok, s = layer.full(n_tok, s, mask_s, self.masked_blocks, self.attention_log)
+        pooled = (s * mask_s.unsqueeze(-1)).sum(1) / mask_s.sum(1, keepdim=True).clamp_min(1)
+        return self._predict(n_tok, pooled)
+
+
+def _need_rc(cand_hist) -> None:
+    if cand_hist is None:
+        raise ValueError("EST reads candidate-specific behaviors R_c: load batches with "
+                         "LoaderConfig(cand_seq=model.candidate_sequence)")
