@@ -115,7 +115,8 @@ def test_lca_only_and_full_attention_ignore_csa(tiny):
     model = _est(tiny, attention="lca", simtier_bins=0)
     b = _batch(tiny, model)
     base = model(b)
-    model.content.content.copy_(_unit(torch.randn_like(model.content.content)))  # other neighbours everywhere
+    table = model.inputs.content.content
+    table.copy_(_unit(torch.randn_like(table)))  # other neighbours everywhere
     torch.testing.assert_close(model(b), base)
 
 
@@ -164,3 +165,13 @@ def test_missing_inputs_are_clear_errors(tiny):
         model(plain)
     with pytest.raises(ValueError, match="content"):
         build_model(tiny.spec, {"name": "est"})
+
+
+def test_candidate_chunks_give_the_same_scores(tiny, monkeypatch):
+    model = _est(tiny)
+    rb = _batch(tiny, model, n=256, listwise=True)
+    with torch.no_grad():
+        whole = model.score_request(rb)
+        monkeypatch.setattr("ctrscale.models.est.SCORE_BUDGET", 1)  # one candidate per chunk
+        chunked = model.score_request(rb)
+    torch.testing.assert_close(chunked, whole)

@@ -103,3 +103,18 @@ def test_bad_settings_are_clear_errors(tiny):
         gsu.Searcher(tiny, CandidateSequence(by="colour"))
     with pytest.raises(ValueError, match="length"):
         CandidateSequence(length=0)
+
+
+def test_split_search_is_cached_and_equals_the_direct_search(tiny):
+    cfg = CandidateSequence(length=5, source_len=25)
+    sparse, start, end = _rows(tiny, n=len(tiny.split("valid")), split="valid")
+    direct = gsu.Searcher(tiny, cfg)(sparse, start, end)
+    idx = np.random.default_rng(0).permutation(len(sparse))[:300]
+    first = gsu.Searcher(tiny, cfg)
+    taken = first.take("valid", idx)
+    cache = tiny.root / "gsu" / f"content-k5-s25-v{gsu.CACHE_VERSION}-{tiny.meta['fingerprint']}" / "valid.npy"
+    assert cache.exists()
+    again = gsu.Searcher(tiny, cfg).take("valid", idx)  # read back from disk
+    for k in direct:
+        np.testing.assert_array_equal(taken[k], direct[k][idx])
+        np.testing.assert_array_equal(again[k], direct[k][idx])

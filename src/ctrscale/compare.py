@@ -73,10 +73,12 @@ def summarize(runs: dict[str, list[dict]], out: Path) -> dict:
         table[m] = {k: [r["test"][k] for r in rs] for k in ("auc", "gauc", "logloss")}
         rows.append([m, str(len(rs)), _mean_std(table[m]["auc"]), _mean_std(table[m]["gauc"]),
                      _mean_std(table[m]["logloss"]), f"{rs[0]['params']['dense']:,}",
+                     f"{rs[0].get('inference_gflops_per_60', float('nan')):.3f}",
                      f"{np.mean([r['best_epoch'] for r in rs]):.1f}"])
     md = [f"Test metrics, mean ± std over seeds ({runs[models[0]][0]['dataset']}, max_len "
           f"{runs[models[0]][0]['max_len']})", "",
-          markdown_table(rows, ["model", "seeds", "AUC", "GAUC", "logloss", "dense params", "best epoch"])]
+          markdown_table(rows, ["model", "seeds", "AUC", "GAUC", "logloss", "dense params", "GFLOPs / 60",
+                                "best epoch"])]
     tests = {}
     base = models[0]
     preds = {m: _mean_predictions(out, runs[m]) for m in models}

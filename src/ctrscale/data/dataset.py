@@ -130,7 +130,7 @@ class PreparedDataset:
         rows = self.split(split).take(idx)
         start, end = rows.pop("hist_start"), rows.pop("hist_end")
         if searcher is not None:
-            rows.update(searcher(rows["sparse"], start, end))
+            rows.update(searcher.take(split, idx))
         if trim:
             longest = int((end - start).max(initial=0))
             max_len = min(max_len, max(8, -(-longest // 8) * 8))

@@ -8,14 +8,19 @@ right-aligned like every sequence here (padding, time 0, on the left), so a mode
 
 Vectorised over a whole batch: one (B, W) score matrix over the batch's widest history, one argpartition. The
 cosine of two items is read from an item x item table (built once, when the item vocabulary is small enough),
-else computed from the gathered vectors in row chunks.
+else computed from the gathered vectors in row chunks. The loader searches each split once, in blocks of rows,
+and keeps the chosen log positions beside the prepared data; batches then only index them.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+CACHE_VERSION = 1
+SEARCH_ROWS = 4096       # rows searched at once when a split is searched whole
 TABLE_MAX_ITEMS = 8192   # an item x item cosine table up to 8192^2 float32 = 256 MiB
 CHUNK_FLOATS = 1 << 24   # the other path gathers at most this many content floats at once
 
@@ -38,11 +43,13 @@ class Searcher:
 
     def __init__(self, data, cfg: CandidateSequence):
         spec = data.spec
-        self.cfg, self.log_ids, self.log_time = cfg, data.log_ids, data.log_time
+        self.data, self.cfg, self.log_ids, self.log_time = data, cfg, data.log_ids, data.log_time
+        self._splits: dict[str, np.ndarray] = {}
         if cfg.by == "content":
             if spec.content_key is None:
                 raise ValueError(f"{spec.name}: soft search (by='content') needs a content table in the schema")
-            self.field = spec.hist.index(spec.content_key) if spec.content_key in spec.hist else -1
+            item_col = spec.sparse.index(spec.content_key)
+            self.field = next((j for j, a in enumerate(spec.hist_to_sparse) if a == item_col), -1)
             if self.field < 0:
                 raise ValueError(f"{spec.name}: no behavior field carries the content key {spec.content_key!r}")
             content = data.content().astype(np.float32)
@@ -61,6 +68,41 @@ class Searcher:
 
     def __call__(self, sparse: np.ndarray, hist_start: np.ndarray, hist_end: np.ndarray) -> dict[str, np.ndarray]:
         """-> cand_hist (B, K, F_hist) ids and cand_hist_time (B, K) seconds, right-aligned, time-ordered."""
+        return self.gather(self.positions(sparse, hist_start, hist_end))
+
+    def take(self, split: str, idx: np.ndarray) -> dict[str, np.ndarray]:
+        """R_c of rows idx of a split, from the split's positions searched once (see split_positions)."""
+        return self.gather(np.asarray(self.split_positions(split)[idx]))
+
+    def split_positions(self, split: str) -> np.ndarray:
+        """(N, K) log positions of every row's R_c (-1 = padding), searched once per split and kept on disk
+        beside the prepared data (<root>/gsu/<setting>/<split>.npy, written atomically) when it is writable:
+        the search reads every row's whole history, the loader then only indexes."""
+        if split not in self._splits:
+            c = self.cfg
+            key = f"{c.by}-k{c.length}-s{c.source_len}-v{CACHE_VERSION}-{self.data.meta.get('fingerprint', '')}"
+            path = Path(self.data.root) / "gsu" / key / f"{split}.npy"
+            if path.exists():
+                self._splits[split] = np.load(path, mmap_mode="r")
+            else:
+                sp = self.data.split(split)
+                starts, ends = sp.column("hist_start"), sp.column("hist_end")
+                out = np.empty((len(sp), c.length), np.int64)
+                for a in range(0, len(sp), SEARCH_ROWS):
+                    rows = np.arange(a, min(a + SEARCH_ROWS, len(sp)))
+                    out[rows] = self.positions(sp.take(rows)["sparse"], starts[rows], ends[rows])
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = path.with_name(path.name + ".tmp.npy")
+                    np.save(tmp, out)
+                    os.replace(tmp, path)
+                except OSError:  # read-only data: keep it in memory for this process
+                    pass
+                self._splits[split] = out
+        return self._splits[split]
+
+    def positions(self, sparse: np.ndarray, hist_start: np.ndarray, hist_end: np.ndarray) -> np.ndarray:
+        """(B, K) log positions of the chosen behaviors, time-ordered and right-aligned; -1 marks padding."""
         k = self.cfg.length
         start = hist_start.astype(np.int64)
         if self.cfg.source_len:
@@ -88,12 +130,17 @@ class Searcher:
         # right-align: the invalid picks (fewer than K candidates) move to the left, the valid keep time order
         order = np.argsort(chosen_ok, axis=1, kind="stable")
         top, chosen_ok = np.take_along_axis(top, order, 1), np.take_along_axis(chosen_ok, order, 1)
-        log_pos = np.take_along_axis(pos, top, 1)
-        ids = np.asarray(self.log_ids[log_pos.ravel()]).reshape(*log_pos.shape, -1) if len(self.log_ids) else \
-            np.zeros((*log_pos.shape, self.log_ids.shape[1]), np.int32)
-        times = np.asarray(self.log_time[log_pos.ravel()]).reshape(log_pos.shape) if len(self.log_time) else \
-            np.zeros(log_pos.shape, np.int64)
-        return {"cand_hist": ids * chosen_ok[..., None], "cand_hist_time": times * chosen_ok}
+        return np.where(chosen_ok, np.take_along_axis(pos, top, 1), -1)
+
+    def gather(self, log_pos: np.ndarray) -> dict[str, np.ndarray]:
+        ok = log_pos >= 0
+        at = np.where(ok, log_pos, 0).ravel()
+        if len(self.log_time) == 0:
+            return {"cand_hist": np.zeros((*log_pos.shape, self.log_ids.shape[1]), np.int32),
+                    "cand_hist_time": np.zeros(log_pos.shape, np.int64)}
+        ids = np.asarray(self.log_ids[at]).reshape(*log_pos.shape, -1)
+        times = np.asarray(self.log_time[at]).reshape(log_pos.shape)
+        return {"cand_hist": ids * ok[..., None], "cand_hist_time": times * ok}
 
     def _cosine(self, cand: np.ndarray, key: np.ndarray) -> np.ndarray:
         if self.table is not None:

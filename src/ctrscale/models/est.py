@@ -32,15 +32,16 @@ from torch import Tensor, nn
 
 from ..batch import Batch
 from ..data.dataset import DataSpec
-from ..data.gsu import CandidateSequence
 from .attention import RMSNorm, SwiGLU
 from .base import CTRModel
-from .content import ContentTable, content_topk, csa_apply, simtier
-from .layers import MLP, FeatureEmbedding, TokenLinear, TokenSwiGLU, masked_softmax, require_history
+from .content import content_topk, csa_apply
+from .layers import MLP, TokenLinear, TokenSwiGLU, masked_softmax
 from .registry import register
+from .tokens import UnifiedInputs, candidate_sequence_of, need_candidate_sequence
 
 ATTENTIONS = ("est", "lca", "full")
 BLOCKS = ("N->N", "N->S", "S->N", "S->S")  # query kind -> key kind
+SCORE_BUDGET = 1 << 22  # request scoring: LCA score floats per candidate chunk
 
 
 @dataclass
@@ -73,14 +74,17 @@ class ESTConfig:
 def lca(q: Tensor, k_u: Tensor, v_u: Tensor, mask_u: Tensor, k_c: Tensor, v_c: Tensor, mask_c: Tensor) -> Tensor:
     """Cross-attention of C candidates' N tokens over [R_u ; R_c], one softmax over both key sets.
     q (R, C, n, H, e); k_u, v_u (R, Lu, H, e) shared by the C candidates (never copied per candidate);
-    k_c, v_c (R, C, K, H, e); masks (R, Lu), (R, C, K) -> (R, C, n, H, e). Rows with no valid key give 0."""
-    scale = 1.0 / math.sqrt(q.shape[-1])
-    s_u = torch.einsum("rcnhe,rlhe->rchnl", q, k_u)
-    s_c = torch.einsum("rcnhe,rckhe->rchnk", q, k_c)
-    lu, c = s_u.shape[-1], q.shape[1]
-    mask = torch.cat([mask_u[:, None, None, None, :].expand(-1, c, -1, -1, -1), mask_c[:, :, None, None, :]], -1)
-    p = masked_softmax(torch.cat([s_u, s_c], -1) * scale, mask)
-    return torch.einsum("rchnl,rlhe->rcnhe", p[..., :lu], v_u) + torch.einsum("rchnk,rckhe->rcnhe", p[..., lu:], v_c)
+    k_c, v_c (R, C, K, H, e); masks (R, Lu), (R, C, K) -> (R, C, n, H, e). Rows with no valid key give 0.
+    The two score blocks are never concatenated: a joint max and normaliser, in place (the score tensors are
+    the big ones when many candidates share a long R_u)."""
+    q = q * (1.0 / math.sqrt(q.shape[-1]))
+    s_u = torch.einsum("rcnhe,rlhe->rchnl", q, k_u).masked_fill_(~mask_u[:, None, None, None, :], float("-inf"))
+    s_c = torch.einsum("rcnhe,rckhe->rchnk", q, k_c).masked_fill_(~mask_c[:, :, None, None, :], float("-inf"))
+    with torch.no_grad():  # any constant per row gives the same softmax; finite even for rows with no key
+        m = torch.maximum(s_u.amax(-1, keepdim=True), s_c.amax(-1, keepdim=True)).clamp_min_(-1e30)
+    p_u, p_c = s_u.sub_(m).exp_(), s_c.sub_(m).exp_()
+    z = (p_u.sum(-1) + p_c.sum(-1)).clamp_min(1e-30).transpose(-1, -2).unsqueeze(-1)          # (R, C, n, H, 1)
+    return (torch.einsum("rchnl,rlhe->rcnhe", p_u, v_u) + torch.einsum("rchnk,rckhe->rcnhe", p_c, v_c)) / z
 
 
 class CSAPattern(NamedTuple):
@@ -174,43 +178,22 @@ class EST(CTRModel):
 
     def __init__(self, spec: DataSpec, cfg: ESTConfig):
         super().__init__()
-        require_history(spec, "EST")
         self.cfg = cfg
-        e, d = cfg.embed_dim, cfg.dim
-        self.emb = FeatureEmbedding(spec, e)
-        self.content = ContentTable(spec)
-        n_fields = len(spec.sparse) + len(spec.dense)
-        self.field_tokens = TokenLinear(n_fields, e, d)                # one tokenizer per feature
-        self.simtier = nn.Linear(2 * cfg.simtier_bins, d) if cfg.simtier_bins else None
-        self.user_tokens = nn.Linear(len(spec.hist) * e, d)           # one tokenizer per sequence kind
-        self.cand_tokens = nn.Linear(len(spec.hist) * e, d)
-        self.n_tokens = n_fields + (1 if self.simtier is not None else 0)
+        self.inputs = UnifiedInputs(spec, cfg.embed_dim, cfg.dim, cfg.simtier_bins)
+        self.n_tokens, d = self.inputs.n_tokens, cfg.dim
         self.layers = nn.ModuleList(ESTLayer(self.n_tokens, cfg) for _ in range(cfg.layers))
         self.head = MLP(self.n_tokens * d + d, cfg.head_hidden, 1, cfg.dropout)
-        self.candidate_sequence = CandidateSequence(cfg.cand_seq_len, cfg.cand_seq_by, cfg.cand_seq_source_len)
+        self.candidate_sequence = candidate_sequence_of(cfg)
         # Analysis hooks (Full-Attention only): blocks to mask, and a list that collects attention maps.
         self.masked_blocks: frozenset = frozenset()
         self.attention_log: list | None = None
 
     def set_content(self, table: Tensor) -> None:
-        self.content.load(table)
+        self.inputs.set_content(table)
 
     def _pattern(self, vecs: Tensor, mask: Tensor) -> CSAPattern | None:
         return CSAPattern(*content_topk(vecs, mask, self.cfg.csa_k, self.cfg.csa_tau)) if self.cfg.attention == "est" \
             else None
-
-    def _candidate_tokens(self, sparse, dense, cand_hist, mask_c, user_vecs, mask_u):
-        """N tokens (..., n, d), R_c tokens (..., K, d) and R_c content (..., K, Dc) of candidates; the leading
-        dims of the candidate inputs are (R, C) (request scoring) or (B,) with user_vecs (B, Lu, Dc)."""
-        fields = torch.cat([self.emb.sparse(sparse), self.emb.numeric(dense)], -2)
-        n_tok = self.field_tokens(fields)
-        cvecs = self.content.of_behaviors(cand_hist)
-        if self.simtier is not None:
-            cand = self.content.of_items(sparse)
-            hist = torch.cat([simtier(cand, user_vecs, mask_u, self.cfg.simtier_bins),
-                              simtier(cand, cvecs, mask_c, self.cfg.simtier_bins)], -1)
-            n_tok = torch.cat([n_tok, self.simtier(hist).unsqueeze(-2)], -2)
-        return n_tok, self.cand_tokens(self.emb.hist(cand_hist).flatten(-2)), cvecs
 
     def _predict(self, n_tok: Tensor, pooled: Tensor) -> Tensor:
         return self.head(torch.cat([n_tok.flatten(-2), pooled], -1)).squeeze(-1)
@@ -220,8 +203,8 @@ class EST(CTRModel):
         if self.cfg.attention == "full":
             return context
         mask = context.hist_mask
-        s_u = self.user_tokens(self.emb.hist(context.hist).flatten(-2))                   # (R, Lu, d)
-        vecs = self.content.of_behaviors(context.hist)                                    # (R, Lu, Dc)
+        s_u = self.inputs.user_tokens(context.hist)                                       # (R, Lu, d)
+        vecs = self.inputs.content.of_behaviors(context.hist)                             # (R, Lu, Dc)
         pattern = self._pattern(vecs, mask)                                               # once, for all layers
         kv = []
         for layer in self.layers:
@@ -234,10 +217,21 @@ class EST(CTRModel):
                          cand_hist_time: Tensor | None = None) -> Tensor:
         if self.cfg.attention == "full":
             return super().score_candidates(state, cand_sparse, cand_dense, cand_hist, cand_hist_time)
-        _need_rc(cand_hist)
+        need_candidate_sequence(cand_hist)
+        # Candidates in chunks whose LCA scores stay within SCORE_BUDGET floats (cache-sized passes).
+        r, c = cand_sparse.shape[:2]
+        per_candidate = r * self.cfg.heads * self.n_tokens * (state.mask.shape[1] + cand_hist.shape[-2])
+        step = max(1, SCORE_BUDGET // per_candidate)
+        return torch.cat([self._score_chunk(state, cand_sparse[:, a:a + step], cand_dense[:, a:a + step],
+                                            cand_hist[:, a:a + step], cand_hist_time[:, a:a + step])
+                          for a in range(0, c, step)], 1)
+
+    def _score_chunk(self, state: _UserState, cand_sparse, cand_dense, cand_hist, cand_hist_time) -> Tensor:
         mask_c = cand_hist_time > 0                                                       # (R, C, K)
-        user_vecs, mask_u = state.content.unsqueeze(1), state.mask.unsqueeze(1)           # broadcast over C
-        n_tok, s_c, cvecs = self._candidate_tokens(cand_sparse, cand_dense, cand_hist, mask_c, user_vecs, mask_u)
+        cvecs = self.inputs.content.of_behaviors(cand_hist)                               # (R, C, K, Dc)
+        n_tok = self.inputs.non_behavioral(cand_sparse, cand_dense, state.content.unsqueeze(1),
+                                           state.mask.unsqueeze(1), cvecs, mask_c)         # R_u broadcast over C
+        s_c = self.inputs.cand_tokens(cand_hist)
         pattern = self._pattern(cvecs, mask_c)
         for layer, kv in zip(self.layers, state.kv):
             n_tok, s_c = layer.candidate_side(n_tok, s_c, kv, state.mask, mask_c, pattern)
@@ -247,23 +241,14 @@ class EST(CTRModel):
 
     # --- pointwise -------------------------------------------------------------------------------------------
     def forward(self, batch: Batch) -> Tensor:
-        _need_rc(batch.cand_hist)
+        need_candidate_sequence(batch.cand_hist)
         if self.cfg.attention != "full":  # one candidate per request: the request path itself
             one = lambda t: t.unsqueeze(1)  # noqa: E731
             return self.score_candidates(self.encode_user(batch), one(batch.sparse), one(batch.dense),
                                          one(batch.cand_hist), one(batch.cand_hist_time)).squeeze(1)
-        mask_u, mask_c = batch.hist_mask, batch.cand_hist_mask
-        vecs = self.content.of_behaviors(batch.hist)
-        n_tok, s_c, _ = self._candidate_tokens(batch.sparse, batch.dense, batch.cand_hist, mask_c, vecs, mask_u)
-        s = torch.cat([self.user_tokens(self.emb.hist(batch.hist).flatten(-2)), s_c], 1)
-        mask_s = torch.cat([mask_u, mask_c], 1)
+        n_tok, s_u, s_c = self.inputs.of_batch(batch)
+        s, mask_s = torch.cat([s_u, s_c], 1), torch.cat([batch.hist_mask, batch.cand_hist_mask], 1)
         for layer in self.layers:
             n_tok, s = layer.full(n_tok, s, mask_s, self.masked_blocks, self.attention_log)
         pooled = (s * mask_s.unsqueeze(-1)).sum(1) / mask_s.sum(1, keepdim=True).clamp_min(1)
         return self._predict(n_tok, pooled)
-
-
-def _need_rc(cand_hist) -> None:
-    if cand_hist is None:
-        raise ValueError("EST reads candidate-specific behaviors R_c: load batches with "
-                         "LoaderConfig(cand_seq=model.candidate_sequence)")

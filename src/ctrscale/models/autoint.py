@@ -1,0 +1,87 @@
+"""AutoInt (Song et al. 2019, "AutoInt: Automatic Feature Interaction Learning via Self-Attentive Neural
+Networks"), a baseline of the EST paper's Table 3.
+
+Inputs as the EST paper feeds its hierarchical baselines (tokens.py): one token per non-behavioral field, the
+SimTier token, and R_u and R_c each pooled by DIN into one token.
+
+Interacting layer, as in the paper: per head h, alpha_ij = softmax_j(<W_Q^h e_i, W_K^h e_j>) (the plain inner
+product, unscaled), e_i^h = sum_j alpha_ij W_V^h e_j; the heads are concatenated, a residual with its own
+projection W_Res e_i is added, then ReLU. The projections are shared by all tokens. The final tokens are
+flattened into a head MLP (the paper's output layer is linear: head_hidden=() reproduces it).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..batch import Batch
+from ..data.dataset import DataSpec
+from .base import CTRModel
+from .layers import MLP
+from .registry import register
+from .tokens import PooledInputs, candidate_sequence_of
+
+
+@dataclass
+class AutoIntConfig:
+    embed_dim: int = 16
+    dim: int = 64                 # input token width d
+    layers: int = 2
+    heads: int = 2
+    head_dim: int = 32            # attention width per head d'; a layer outputs heads * head_dim per token
+    simtier_bins: int = 10
+    cand_seq_len: int = 20        # the GSU's R_c (tokens.py)
+    cand_seq_by: str = "content"
+    cand_seq_source_len: int = 0
+    head_hidden: tuple[int, ...] = (256, 64)
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        if min(self.layers, self.heads, self.head_dim) < 1:
+            raise ValueError("layers, heads and head_dim must be >= 1")
+
+
+class InteractingLayer(nn.Module):
+    """(B, T, d_in) -> (B, T, heads * head_dim): multi-head self-attention over the tokens + projected residual."""
+
+    def __init__(self, d_in: int, heads: int, head_dim: int):
+        super().__init__()
+        self.heads = heads
+        width = heads * head_dim
+        self.q = nn.Linear(d_in, width, bias=False)
+        self.k = nn.Linear(d_in, width, bias=False)
+        self.v = nn.Linear(d_in, width, bias=False)
+        self.res = nn.Linear(d_in, width, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        split = lambda t: t.view(*t.shape[:-1], self.heads, -1).transpose(1, 2)  # noqa: E731  (B, H, T, d')
+        q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
+        p = torch.softmax(q @ k.transpose(-1, -2), -1)                            # (B, H, T, T)
+        out = (p @ v).transpose(1, 2).flatten(-2)                                 # (B, T, H * d')
+        return torch.relu(out + self.res(x))
+
+
+@register("autoint", AutoIntConfig, "AutoInt: multi-head self-attention interacting layers over DIN-pooled tokens")
+class AutoInt(CTRModel):
+    uses_content = True
+
+    def __init__(self, spec: DataSpec, cfg: AutoIntConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.inputs = PooledInputs(spec, cfg.embed_dim, cfg.dim, cfg.simtier_bins)
+        width = cfg.heads * cfg.head_dim
+        self.layers = nn.ModuleList(InteractingLayer(cfg.dim if i == 0 else width, cfg.heads, cfg.head_dim)
+                                    for i in range(cfg.layers))
+        self.head = MLP(self.inputs.n_tokens * width, cfg.head_hidden, 1, cfg.dropout)
+        self.candidate_sequence = candidate_sequence_of(cfg)
+
+    def set_content(self, table: Tensor) -> None:
+        self.inputs.set_content(table)
+
+    def forward(self, batch: Batch) -> Tensor:
+        x = self.inputs(batch)                                      # (B, T, d)
+        for layer in self.layers:
+            x = layer(x)                                            # (B, T, heads * head_dim)
+        return self.head(x.flatten(1)).squeeze(-1)

@@ -1,0 +1,93 @@
+"""DCN-V2 (Wang et al. 2021, "DCN V2: Improved Deep & Cross Network"), a baseline of the EST paper's Table 3.
+
+Inputs as the EST paper feeds its hierarchical baselines (tokens.py): one token per non-behavioral field, the
+SimTier token, and R_u and R_c each pooled by DIN into one token; x0 = their concatenation.
+
+Cross layer: x_{l+1} = x0 * (W_l x_l + b_l) + x_l, W_l full-rank (rank = 0) or low-rank W_l = U_l V_l^T. The
+cross network sits beside a deep MLP on x0 with both outputs concatenated ("parallel"), or feeds the deep MLP
+("stacked"); a head MLP gives the logit (the paper's final layer is linear: head_hidden=() reproduces it).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..batch import Batch
+from ..data.dataset import DataSpec
+from .base import CTRModel
+from .layers import MLP
+from .registry import register
+from .tokens import PooledInputs, candidate_sequence_of
+
+STRUCTURES = ("parallel", "stacked")
+
+
+@dataclass
+class DCNv2Config:
+    embed_dim: int = 16
+    dim: int = 64                 # token width d; x0 has (n_N + 2) * d entries
+    cross_layers: int = 3
+    rank: int = 0                 # 0: full-rank W; r > 0: W = U V^T with U, V of shape (D, r)
+    structure: str = "parallel"   # parallel (cross beside deep, concatenated) | stacked (deep on the cross output)
+    deep_hidden: tuple[int, ...] = (256, 128)
+    simtier_bins: int = 10
+    cand_seq_len: int = 20        # the GSU's R_c (tokens.py)
+    cand_seq_by: str = "content"
+    cand_seq_source_len: int = 0
+    head_hidden: tuple[int, ...] = (256, 64)
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        if self.structure not in STRUCTURES:
+            raise ValueError(f"structure must be one of {STRUCTURES}, got {self.structure!r}")
+        if self.rank < 0 or self.cross_layers < 0:
+            raise ValueError("rank and cross_layers must be >= 0")
+
+
+class CrossLayer(nn.Module):
+    """x_{l+1} = x0 * (W x_l + b) + x_l on (B, D) vectors; W full (D, D) or the low-rank product U V^T."""
+
+    def __init__(self, width: int, rank: int = 0):
+        super().__init__()
+        if rank:
+            self.v = nn.Linear(width, rank, bias=False)   # V^T: project down
+            self.w = nn.Linear(rank, width)               # U and the bias b
+        else:
+            self.v, self.w = None, nn.Linear(width, width)
+
+    def forward(self, x0: Tensor, x: Tensor) -> Tensor:
+        wx = self.w(self.v(x)) if self.v is not None else self.w(x)
+        return x0 * wx + x
+
+
+@register("dcnv2", DCNv2Config, "DCN-V2: cross network (full or low-rank) and deep MLP over DIN-pooled tokens")
+class DCNv2(CTRModel):
+    uses_content = True
+
+    def __init__(self, spec: DataSpec, cfg: DCNv2Config):
+        super().__init__()
+        self.cfg = cfg
+        self.inputs = PooledInputs(spec, cfg.embed_dim, cfg.dim, cfg.simtier_bins)
+        width = self.inputs.n_tokens * cfg.dim
+        self.cross = nn.ModuleList(CrossLayer(width, cfg.rank) for _ in range(cfg.cross_layers))
+        self.deep = MLP(width, cfg.deep_hidden, None, cfg.dropout)
+        deep_out = cfg.deep_hidden[-1] if cfg.deep_hidden else width
+        head_in = width + deep_out if cfg.structure == "parallel" else deep_out
+        self.head = MLP(head_in, cfg.head_hidden, 1, cfg.dropout)
+        self.candidate_sequence = candidate_sequence_of(cfg)
+
+    def set_content(self, table: Tensor) -> None:
+        self.inputs.set_content(table)
+
+    def forward(self, batch: Batch) -> Tensor:
+        x0 = self.inputs(batch).flatten(1)                          # (B, (n_N + 2) * d)
+        x = x0
+        for layer in self.cross:
+            x = layer(x0, x)
+        if self.cfg.structure == "parallel":
+            x = torch.cat([x, self.deep(x0)], -1)
+        else:
+            x = self.deep(x)
+        return self.head(x).squeeze(-1)
