@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_backward_flop_count, sdpa_flop_count
+from torch.utils.flop_counter import (
+    FlopCounterMode,
+    mm_flop,
+    register_flop_formula,
+    sdpa_backward_flop_count,
+    sdpa_flop_count,
+)
 
 from .batch import Batch
 from .models.layers import is_embedding_param
@@ -39,8 +45,19 @@ def count_params(model: nn.Module) -> dict[str, int]:
     return out
 
 
+def _mm_flops(a, b, *args, out_shape=None, **kwargs) -> int:
+    """aten.mm, counting a sparse (CSR/CSC/COO) left factor by its stored entries: 2 x nnz x columns of b.
+    torch's own formula counts every product as dense (CSA's sparse pattern would count as L x L)."""
+    if a.layout != torch.strided:
+        return 2 * a._nnz() * b.shape[1]
+    return mm_flop(a.shape, b.shape)
+
+
+_mm_flops._get_raw = True  # FlopCounterMode hands raw tensors to formulas marked so
+
+
 def _flops(fn) -> int:
-    with FlopCounterMode(display=False) as fc:
+    with FlopCounterMode(display=False, custom_mapping={torch.ops.aten.mm: _mm_flops}) as fc:
         fn()
     return int(fc.get_total_flops())
 

@@ -6,6 +6,8 @@ behavior attends to its top-k most similar behaviors of the same sequence, with 
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor, nn
 
@@ -68,12 +70,21 @@ def content_topk(vecs: Tensor, mask: Tensor, k: int, tau: float) -> tuple[Tensor
 
 
 def csa_apply(x: Tensor, idx: Tensor, w: Tensor) -> Tensor:
-    """sum_j w[i, j] x[idx[i, j]]: x (..., L, d), idx/w (..., L, k) -> (..., L, d). Costs L k d, not L^2 d."""
+    """sum_j w[i, j] x[idx[i, j]]: x (..., L, d), idx/w (..., L, k) -> (..., L, d). Costs L k d, not L^2 d: the
+    pattern is one block-diagonal CSR matrix over all sequences (k entries per row, built without sorting or
+    coalescing), applied with one sparse-dense product. Measured on CPU (1024 x 50 behaviors, k 8, d 64,
+    forward + backward): 76 ms, against 434 ms for advanced indexing and 120 ms for the dense (L, L) product.
+    The weights are constants (content is frozen): gradients flow to x only."""
     n, d = x.shape[-2:]
-    flat = x.reshape(-1, n, d)
-    rows = torch.arange(flat.shape[0], device=x.device).view(-1, 1, 1)
-    gathered = flat[rows, idx.reshape(flat.shape[0], n, -1)].view(*idx.shape, d)   # (..., L, k, d)
-    return torch.einsum("...lk,...lkd->...ld", w, gathered)
+    k = idx.shape[-1]
+    rows = x[..., 0, 0].numel() * n
+    cols = (idx + torch.arange(0, rows, n, device=x.device).view(*idx.shape[:-2], 1, 1)).reshape(-1)
+    crow = torch.arange(0, rows * k + 1, k, device=x.device)
+    # float32 whatever the autocast dtype (CPU sparse kernels have no bf16)
+    with warnings.catch_warnings(), torch.autocast(x.device.type, enabled=False):
+        warnings.filterwarnings("ignore", message=".*[Ss]parse.*")
+        a = torch.sparse_csr_tensor(crow, cols, w.reshape(-1).float(), (rows, rows))
+        return (a @ x.reshape(rows, d).float()).view(x.shape).to(x.dtype)
 
 
 def csa_reference(x: Tensor, idx: Tensor, w: Tensor) -> Tensor:
