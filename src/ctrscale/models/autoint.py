@@ -18,23 +18,16 @@ from torch import Tensor, nn
 
 from ..batch import Batch
 from ..data.dataset import DataSpec
-from .base import CTRModel
 from .layers import MLP
 from .registry import register
-from .tokens import PooledInputs, candidate_sequence_of
+from .tokens import PooledInputs, UnifiedInputConfig, UnifiedInputModel, candidate_sequence_of
 
 
 @dataclass
-class AutoIntConfig:
-    embed_dim: int = 16
-    dim: int = 64                 # input token width d
+class AutoIntConfig(UnifiedInputConfig):
     layers: int = 2
     heads: int = 2
     head_dim: int = 32            # attention width per head d'; a layer outputs heads * head_dim per token
-    simtier_bins: int = 10
-    cand_seq_len: int = 20        # the GSU's R_c (tokens.py)
-    cand_seq_by: str = "content"
-    cand_seq_source_len: int = 0
     head_hidden: tuple[int, ...] = (256, 64)
     dropout: float = 0.0
 
@@ -64,9 +57,7 @@ class InteractingLayer(nn.Module):
 
 
 @register("autoint", AutoIntConfig, "AutoInt: multi-head self-attention interacting layers over DIN-pooled tokens")
-class AutoInt(CTRModel):
-    uses_content = True
-
+class AutoInt(UnifiedInputModel):
     def __init__(self, spec: DataSpec, cfg: AutoIntConfig):
         super().__init__()
         self.cfg = cfg
@@ -76,9 +67,6 @@ class AutoInt(CTRModel):
                                     for i in range(cfg.layers))
         self.head = MLP(self.inputs.n_tokens * width, cfg.head_hidden, 1, cfg.dropout)
         self.candidate_sequence = candidate_sequence_of(cfg)
-
-    def set_content(self, table: Tensor) -> None:
-        self.inputs.set_content(table)
 
     def forward(self, batch: Batch) -> Tensor:
         x = self.inputs(batch)                                      # (B, T, d)

@@ -16,26 +16,19 @@ from torch import Tensor, nn
 
 from ..batch import Batch
 from ..data.dataset import DataSpec
-from .base import CTRModel
 from .layers import MLP
 from .registry import register
-from .tokens import PooledInputs, candidate_sequence_of
+from .tokens import PooledInputs, UnifiedInputConfig, UnifiedInputModel, candidate_sequence_of
 
 STRUCTURES = ("parallel", "stacked")
 
 
 @dataclass
-class DCNv2Config:
-    embed_dim: int = 16
-    dim: int = 64                 # token width d; x0 has (n_N + 2) * d entries
+class DCNv2Config(UnifiedInputConfig):
     cross_layers: int = 3
     rank: int = 0                 # 0: full-rank W; r > 0: W = U V^T with U, V of shape (D, r)
     structure: str = "parallel"   # parallel (cross beside deep, concatenated) | stacked (deep on the cross output)
     deep_hidden: tuple[int, ...] = (256, 128)
-    simtier_bins: int = 10
-    cand_seq_len: int = 20        # the GSU's R_c (tokens.py)
-    cand_seq_by: str = "content"
-    cand_seq_source_len: int = 0
     head_hidden: tuple[int, ...] = (256, 64)
     dropout: float = 0.0
 
@@ -63,9 +56,7 @@ class CrossLayer(nn.Module):
 
 
 @register("dcnv2", DCNv2Config, "DCN-V2: cross network (full or low-rank) and deep MLP over DIN-pooled tokens")
-class DCNv2(CTRModel):
-    uses_content = True
-
+class DCNv2(UnifiedInputModel):
     def __init__(self, spec: DataSpec, cfg: DCNv2Config):
         super().__init__()
         self.cfg = cfg
@@ -77,9 +68,6 @@ class DCNv2(CTRModel):
         head_in = width + deep_out if cfg.structure == "parallel" else deep_out
         self.head = MLP(head_in, cfg.head_hidden, 1, cfg.dropout)
         self.candidate_sequence = candidate_sequence_of(cfg)
-
-    def set_content(self, table: Tensor) -> None:
-        self.inputs.set_content(table)
 
     def forward(self, batch: Batch) -> Tensor:
         x0 = self.inputs(batch).flatten(1)                          # (B, (n_N + 2) * d)

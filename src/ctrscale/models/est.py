@@ -33,11 +33,10 @@ from torch import Tensor, nn
 from ..batch import Batch
 from ..data.dataset import DataSpec
 from .attention import RMSNorm, SwiGLU
-from .base import CTRModel
 from .content import content_topk, csa_apply
 from .layers import MLP, TokenLinear, TokenSwiGLU, masked_softmax
 from .registry import register
-from .tokens import UnifiedInputs, candidate_sequence_of, need_candidate_sequence
+from .tokens import UnifiedInputConfig, UnifiedInputModel, UnifiedInputs, candidate_sequence_of, need_candidate_sequence
 
 ATTENTIONS = ("est", "lca", "full")
 BLOCKS = ("N->N", "N->S", "S->N", "S->S")  # query kind -> key kind
@@ -45,9 +44,7 @@ SCORE_BUDGET = 1 << 22  # request scoring: LCA score floats per candidate chunk
 
 
 @dataclass
-class ESTConfig:
-    embed_dim: int = 16
-    dim: int = 64                 # token width d (the paper: 128)
+class ESTConfig(UnifiedInputConfig):
     layers: int = 2               # (the paper: 6)
     heads: int = 4
     ffn_mult: int = 2             # SwiGLU hidden width = ffn_mult * dim
@@ -55,10 +52,6 @@ class ESTConfig:
     csa_k: int = 8                # neighbours per behavior in CSA (ours)
     csa_tau: float = 0.1          # softmax temperature over their cosines (ours)
     csa_value: bool = False       # variant: a shared value projection inside CSA
-    simtier_bins: int = 10        # 0: no SimTier token
-    cand_seq_len: int = 20        # K_c, the GSU's R_c length (the paper: 50)
-    cand_seq_by: str = "content"  # soft search by content cosine, or a behavior field for hard search
-    cand_seq_source_len: int = 0  # search the most recent this-many behaviors; 0 = the whole history
     head_hidden: tuple[int, ...] = (256, 64)
     dropout: float = 0.0
 
@@ -173,9 +166,7 @@ class _UserState(NamedTuple):
 
 
 @register("est", ESTConfig, "EST: lightweight cross-attention + content sparse attention over unified tokens")
-class EST(CTRModel):
-    uses_content = True
-
+class EST(UnifiedInputModel):
     def __init__(self, spec: DataSpec, cfg: ESTConfig):
         super().__init__()
         self.cfg = cfg
@@ -187,9 +178,6 @@ class EST(CTRModel):
         # Analysis hooks (Full-Attention only): blocks to mask, and a list that collects attention maps.
         self.masked_blocks: frozenset = frozenset()
         self.attention_log: list | None = None
-
-    def set_content(self, table: Tensor) -> None:
-        self.inputs.set_content(table)
 
     def _pattern(self, vecs: Tensor, mask: Tensor) -> CSAPattern | None:
         return CSAPattern(*content_topk(vecs, mask, self.cfg.csa_k, self.cfg.csa_tau)) if self.cfg.attention == "est" \

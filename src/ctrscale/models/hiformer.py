@@ -20,23 +20,16 @@ from torch import Tensor, nn
 from ..batch import Batch
 from ..data.dataset import DataSpec
 from .attention import RMSNorm
-from .base import CTRModel
 from .layers import MLP, TokenLinear, TokenSwiGLU
 from .registry import register
-from .tokens import PooledInputs, candidate_sequence_of
+from .tokens import PooledInputs, UnifiedInputConfig, UnifiedInputModel, candidate_sequence_of
 
 
 @dataclass
-class HiFormerConfig:
-    embed_dim: int = 16
-    dim: int = 64                 # token width d
+class HiFormerConfig(UnifiedInputConfig):
     layers: int = 2
     heads: int = 4
     ffn_mult: int = 2             # per-token SwiGLU hidden width = ffn_mult * dim
-    simtier_bins: int = 10
-    cand_seq_len: int = 20        # the GSU's R_c (tokens.py)
-    cand_seq_by: str = "content"
-    cand_seq_source_len: int = 0
     head_hidden: tuple[int, ...] = (256, 64)
     dropout: float = 0.0
 
@@ -73,9 +66,7 @@ class HiFormerLayer(nn.Module):
 
 
 @register("hiformer", HiFormerConfig, "HiFormer: heterogeneous (token-specific) attention over DIN-pooled tokens")
-class HiFormer(CTRModel):
-    uses_content = True
-
+class HiFormer(UnifiedInputModel):
     def __init__(self, spec: DataSpec, cfg: HiFormerConfig):
         super().__init__()
         self.cfg = cfg
@@ -85,9 +76,6 @@ class HiFormer(CTRModel):
         self.norm = RMSNorm(cfg.dim)
         self.head = MLP(n * cfg.dim, cfg.head_hidden, 1, cfg.dropout)
         self.candidate_sequence = candidate_sequence_of(cfg)
-
-    def set_content(self, table: Tensor) -> None:
-        self.inputs.set_content(table)
 
     def forward(self, batch: Batch) -> Tensor:
         x = self.inputs(batch)                                      # (B, T, d)

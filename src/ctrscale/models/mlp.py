@@ -17,23 +17,17 @@ from ..data.dataset import DataSpec
 from .base import CTRModel
 from .layers import MLP, FeatureEmbedding, masked_mean
 from .registry import register
-from .tokens import PooledInputs, candidate_sequence_of
+from .tokens import PooledInputs, UnifiedInputConfig, candidate_sequence_of
 
 INPUTS = ("plain", "pooled")
 
 
 @dataclass
-class MLPConfig:
-    embed_dim: int = 16
+class MLPConfig(UnifiedInputConfig):
     hidden: tuple[int, ...] = (200, 80)
     dropout: float = 0.0
     inputs: str = "plain"         # plain (embeddings + mean history) | pooled (the EST paper's unified inputs)
     # used only when inputs == "pooled":
-    dim: int = 64                 # token width d
-    simtier_bins: int = 10
-    cand_seq_len: int = 20        # the GSU's R_c (tokens.py)
-    cand_seq_by: str = "content"
-    cand_seq_source_len: int = 0
 
     def __post_init__(self):
         if self.inputs not in INPUTS:

@@ -22,26 +22,19 @@ from torch import Tensor, nn
 from ..batch import Batch
 from ..data.dataset import DataSpec
 from .attention import RMSNorm, SwiGLU
-from .base import CTRModel
 from .layers import MLP, TargetAttention, TokenLinear, TokenSwiGLU, masked_mean, masked_softmax
 from .registry import register
-from .tokens import UnifiedInputs, candidate_sequence_of
+from .tokens import UnifiedInputConfig, UnifiedInputModel, UnifiedInputs, candidate_sequence_of
 
 MODES = ("pool", "din", "full")
 
 
 @dataclass
-class OneTransConfig:
-    embed_dim: int = 16
-    dim: int = 64
+class OneTransConfig(UnifiedInputConfig):
     layers: int = 2
     heads: int = 4
     ffn_mult: int = 2
     candidate_sequence: str = "pool"   # pool (OneTrans) | din (OneTrans-D) | full (OneTrans-F)
-    simtier_bins: int = 10
-    cand_seq_len: int = 20
-    cand_seq_by: str = "content"
-    cand_seq_source_len: int = 0
     attention_hidden: tuple[int, ...] = (64, 32)  # DIN pooling (candidate_sequence: din)
     head_hidden: tuple[int, ...] = (256, 64)
     dropout: float = 0.0
@@ -81,9 +74,7 @@ class MixedLayer(nn.Module):
 
 @register("onetrans", OneTransConfig, "OneTrans: one causal transformer over [behaviors ; feature tokens], mixed "
                                       "parameters; candidate_sequence pool / din / full = OneTrans / -D / -F")
-class OneTrans(CTRModel):
-    uses_content = True
-
+class OneTrans(UnifiedInputModel):
     def __init__(self, spec: DataSpec, cfg: OneTransConfig):
         super().__init__()
         self.cfg = cfg
@@ -93,9 +84,6 @@ class OneTrans(CTRModel):
         self.layers = nn.ModuleList(MixedLayer(n_ns, cfg) for _ in range(cfg.layers))
         self.head = MLP(n_ns * cfg.dim + cfg.dim, cfg.head_hidden, 1, cfg.dropout)
         self.candidate_sequence = candidate_sequence_of(cfg)
-
-    def set_content(self, table: Tensor) -> None:
-        self.inputs.set_content(table)
 
     def forward(self, batch: Batch) -> Tensor:
         ns, s_u, s_c = self.inputs.of_batch(batch)

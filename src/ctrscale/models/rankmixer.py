@@ -21,23 +21,16 @@ from torch import Tensor, nn
 
 from ..batch import Batch
 from ..data.dataset import DataSpec
-from .base import CTRModel
 from .layers import MLP, TokenLinear
 from .registry import register
-from .tokens import PooledInputs, candidate_sequence_of
+from .tokens import PooledInputs, UnifiedInputConfig, UnifiedInputModel, candidate_sequence_of
 
 
 @dataclass
-class RankMixerConfig:
-    embed_dim: int = 16
-    dim: int = 64                 # token width d
+class RankMixerConfig(UnifiedInputConfig):
     layers: int = 2
     heads: int = 0                # mixing heads H; 0: the largest divisor of dim <= T (the paper's H = T if it divides)
     ffn_mult: int = 4             # per-token FFN hidden width = ffn_mult * dim (the paper: k = 4)
-    simtier_bins: int = 10
-    cand_seq_len: int = 20        # the GSU's R_c (tokens.py)
-    cand_seq_by: str = "content"
-    cand_seq_source_len: int = 0
     head_hidden: tuple[int, ...] = (256, 64)
     dropout: float = 0.0
 
@@ -83,9 +76,7 @@ class RankMixerBlock(nn.Module):
 
 
 @register("rankmixer", RankMixerConfig, "RankMixer: token mixing + per-token FFNs over DIN-pooled tokens")
-class RankMixer(CTRModel):
-    uses_content = True
-
+class RankMixer(UnifiedInputModel):
     def __init__(self, spec: DataSpec, cfg: RankMixerConfig):
         super().__init__()
         self.cfg = cfg
@@ -95,9 +86,6 @@ class RankMixer(CTRModel):
         self.blocks = nn.ModuleList(RankMixerBlock(n, cfg.dim, self.heads, cfg.ffn_mult) for _ in range(cfg.layers))
         self.head = MLP(cfg.dim, cfg.head_hidden, 1, cfg.dropout)
         self.candidate_sequence = candidate_sequence_of(cfg)
-
-    def set_content(self, table: Tensor) -> None:
-        self.inputs.set_content(table)
 
     def forward(self, batch: Batch) -> Tensor:
         x = self.inputs(batch)                                      # (B, T, d)

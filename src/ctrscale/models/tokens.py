@@ -7,14 +7,37 @@ DIN's target attention, as the EST paper does for them: `PooledInputs` gives the
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
 from ..batch import Batch
 from ..data.dataset import DataSpec
 from ..data.gsu import CandidateSequence
+from .base import CTRModel
 from .content import ContentTable, simtier
 from .layers import FeatureEmbedding, TargetAttention, TokenLinear, require_history
+
+
+@dataclass
+class UnifiedInputConfig:
+    """The input settings every unified-token model shares; its config dataclass inherits them."""
+    embed_dim: int = 16
+    dim: int = 64                 # token width d
+    simtier_bins: int = 10        # 0: no SimTier token
+    cand_seq_len: int = 20        # K_c, the GSU's R_c length (the EST paper: 50)
+    cand_seq_by: str = "content"  # soft search by content cosine, or a behavior field for hard search
+    cand_seq_source_len: int = 0  # search the most recent this-many behaviors; 0 = the whole history
+
+
+class UnifiedInputModel(CTRModel):
+    """A model reading unified inputs (`self.inputs`): the registry hands it the content table, the loaders give
+    it R_c (`self.candidate_sequence`)."""
+    uses_content = True
+
+    def set_content(self, table: Tensor) -> None:
+        self.inputs.set_content(table)
 
 
 class UnifiedInputs(nn.Module):
