@@ -78,6 +78,14 @@ def cmd_analyze_attention(args) -> int:
     return 0
 
 
+def cmd_analyze_fields(args) -> int:
+    from .analysis_fields import analyze_fields
+    report = analyze_fields(args.run, Path(args.out) if args.out else None, args.top)
+    print(report["table"])
+    print(f"heatmap: {report['heatmap']}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
     run_demo(out=Path(args.out), epochs=args.epochs, models=args.models, options={"impressions": args.impressions}
@@ -139,6 +147,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--samples", type=int, default=1000, help="impressions whose attention maps are measured")
     s.add_argument("--out", help="output folder (default: <run>/analysis)")
     s.set_defaults(fn=cmd_analyze_attention)
+    s = a.add_parser("fields", help="FAT run: the field-pair modulation alpha as a heatmap, and the most "
+                                    "asymmetric, strongest and weakest field pairs")
+    s.add_argument("run", help="run folder of a `fat` model (alpha shared or per_head)")
+    s.add_argument("--top", type=int, default=10, help="pairs listed per table")
+    s.add_argument("--out", help="output folder (default: <run>/analysis)")
+    s.set_defaults(fn=cmd_analyze_fields)
 
     s = sub.add_parser("compare", help="models x seeds on one dataset, with paired tests")
     s.add_argument("--data", required=True, help="dataset name (see `data prepare`)")

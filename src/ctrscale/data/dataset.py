@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,9 @@ class DataSpec:
     content_dim: int = 0
     content_key: str | None = None  # the sparse field whose ids index the content table
     name: str = ""
+    # Train percentiles (0, 1, ..., 100) of each standardised numeric field: models that bucket numerics read
+    # their quantile edges here. Empty when unknown (a model then assumes standard-normal quantiles).
+    dense_percentiles: dict[str, list[float]] = field(default_factory=dict)
 
     def sparse_of_role(self, *roles: str) -> list[int]:
         return [i for i, f in enumerate(self.sparse) if self.roles[f] in roles]
@@ -83,19 +86,26 @@ class PreparedDataset:
                                     f"run `ctrscale data prepare` first")
         self.meta = json.loads(meta_path.read_text())
         lay = self.meta["layout"]
+        self._splits: dict[str, SplitData] = {}
         content_key = (self.meta.get("schema") or {}).get("content") or {}
         self.spec = DataSpec(sparse=tuple(lay["sparse"]), dense=tuple(lay["dense"]), hist=tuple(lay["hist"]),
                              roles=lay["roles"], field_vocab=lay["field_vocab"],
                              vocab_sizes=self.meta["vocab_sizes"], max_len=self.meta["max_len"],
                              content_dim=self.meta.get("content_dim", 0),
                              content_key=content_key.get("key") if self.meta.get("content_dim") else None,
-                             name=self.meta["name"])
+                             name=self.meta["name"], dense_percentiles=self._dense_percentiles(lay["dense"]))
         log = read_columns(self.root / "log")
         nh = len(self.spec.hist)
         self.log_ids = log.get("ids", np.zeros((0, nh), np.int32))
         self.log_time = log.get("time", np.zeros(0, np.int64))
-        self._splits: dict[str, SplitData] = {}
         self._searchers: dict = {}
+
+    def _dense_percentiles(self, dense: list[str]) -> dict[str, list[float]]:
+        train = self.split("train")
+        if not dense or not len(train):
+            return {}
+        pct = np.percentile(train.column("dense").astype(np.float64), np.arange(101), axis=0)  # (101, F_dense)
+        return {f: pct[:, j].tolist() for j, f in enumerate(dense)}
 
     def split(self, name: str) -> SplitData:
         if name not in SPLITS:

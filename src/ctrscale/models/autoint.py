@@ -1,7 +1,8 @@
 """AutoInt (Song et al. 2019, "AutoInt: Automatic Feature Interaction Learning via Self-Attentive Neural
 Networks"), a baseline of the EST paper's Table 3.
 
-Inputs as the EST paper feeds its hierarchical baselines (tokens.py): one token per non-behavioral field, the
+Inputs: the FAT paper's field tokens (inputs="fields", fields.py), or by default as the EST paper feeds its
+hierarchical baselines (tokens.py): one token per non-behavioral field, the
 SimTier token, and R_u and R_c each pooled by DIN into one token.
 
 Interacting layer, as in the paper: per head h, alpha_ij = softmax_j(<W_Q^h e_i, W_K^h e_j>) (the plain inner
@@ -18,13 +19,13 @@ from torch import Tensor, nn
 
 from ..batch import Batch
 from ..data.dataset import DataSpec
+from .fields import TokenInputConfig, TokenInputModel
 from .layers import MLP
 from .registry import register
-from .tokens import PooledInputs, UnifiedInputConfig, UnifiedInputModel, candidate_sequence_of
 
 
 @dataclass
-class AutoIntConfig(UnifiedInputConfig):
+class AutoIntConfig(TokenInputConfig):
     layers: int = 2
     heads: int = 2
     head_dim: int = 32            # attention width per head d'; a layer outputs heads * head_dim per token
@@ -32,6 +33,7 @@ class AutoIntConfig(UnifiedInputConfig):
     dropout: float = 0.0
 
     def __post_init__(self):
+        super().__post_init__()
         if min(self.layers, self.heads, self.head_dim) < 1:
             raise ValueError("layers, heads and head_dim must be >= 1")
 
@@ -57,16 +59,15 @@ class InteractingLayer(nn.Module):
 
 
 @register("autoint", AutoIntConfig, "AutoInt: multi-head self-attention interacting layers over DIN-pooled tokens")
-class AutoInt(UnifiedInputModel):
+class AutoInt(TokenInputModel):
     def __init__(self, spec: DataSpec, cfg: AutoIntConfig):
         super().__init__()
         self.cfg = cfg
-        self.inputs = PooledInputs(spec, cfg.embed_dim, cfg.dim, cfg.simtier_bins)
+        n = self.build_inputs(spec, cfg)
         width = cfg.heads * cfg.head_dim
         self.layers = nn.ModuleList(InteractingLayer(cfg.dim if i == 0 else width, cfg.heads, cfg.head_dim)
                                     for i in range(cfg.layers))
-        self.head = MLP(self.inputs.n_tokens * width, cfg.head_hidden, 1, cfg.dropout)
-        self.candidate_sequence = candidate_sequence_of(cfg)
+        self.head = MLP(n * width, cfg.head_hidden, 1, cfg.dropout)
 
     def forward(self, batch: Batch) -> Tensor:
         x = self.inputs(batch)                                      # (B, T, d)

@@ -17,6 +17,10 @@ class CTRModel(nn.Module):
     def forward(self, batch: Batch) -> Tensor:  # (B,) logits
         raise NotImplementedError
 
+    def for_serving(self) -> "CTRModel":
+        """Precompute what inference can cache (FAT: its generated matrices); a no-op by default."""
+        return self
+
     def encode_user(self, context: Batch):
         return context
 

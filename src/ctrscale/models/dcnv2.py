@@ -1,6 +1,7 @@
 """DCN-V2 (Wang et al. 2021, "DCN V2: Improved Deep & Cross Network"), a baseline of the EST paper's Table 3.
 
-Inputs as the EST paper feeds its hierarchical baselines (tokens.py): one token per non-behavioral field, the
+Inputs: the FAT paper's field tokens (inputs="fields", fields.py), or by default as the EST paper feeds its
+hierarchical baselines (tokens.py): one token per non-behavioral field, the
 SimTier token, and R_u and R_c each pooled by DIN into one token; x0 = their concatenation.
 
 Cross layer: x_{l+1} = x0 * (W_l x_l + b_l) + x_l, W_l full-rank (rank = 0) or low-rank W_l = U_l V_l^T. The
@@ -16,15 +17,15 @@ from torch import Tensor, nn
 
 from ..batch import Batch
 from ..data.dataset import DataSpec
+from .fields import TokenInputConfig, TokenInputModel
 from .layers import MLP
 from .registry import register
-from .tokens import PooledInputs, UnifiedInputConfig, UnifiedInputModel, candidate_sequence_of
 
 STRUCTURES = ("parallel", "stacked")
 
 
 @dataclass
-class DCNv2Config(UnifiedInputConfig):
+class DCNv2Config(TokenInputConfig):
     cross_layers: int = 3
     rank: int = 0                 # 0: full-rank W; r > 0: W = U V^T with U, V of shape (D, r)
     structure: str = "parallel"   # parallel (cross beside deep, concatenated) | stacked (deep on the cross output)
@@ -33,6 +34,7 @@ class DCNv2Config(UnifiedInputConfig):
     dropout: float = 0.0
 
     def __post_init__(self):
+        super().__post_init__()
         if self.structure not in STRUCTURES:
             raise ValueError(f"structure must be one of {STRUCTURES}, got {self.structure!r}")
         if self.rank < 0 or self.cross_layers < 0:
@@ -56,18 +58,16 @@ class CrossLayer(nn.Module):
 
 
 @register("dcnv2", DCNv2Config, "DCN-V2: cross network (full or low-rank) and deep MLP over DIN-pooled tokens")
-class DCNv2(UnifiedInputModel):
+class DCNv2(TokenInputModel):
     def __init__(self, spec: DataSpec, cfg: DCNv2Config):
         super().__init__()
         self.cfg = cfg
-        self.inputs = PooledInputs(spec, cfg.embed_dim, cfg.dim, cfg.simtier_bins)
-        width = self.inputs.n_tokens * cfg.dim
+        width = self.build_inputs(spec, cfg) * cfg.dim
         self.cross = nn.ModuleList(CrossLayer(width, cfg.rank) for _ in range(cfg.cross_layers))
         self.deep = MLP(width, cfg.deep_hidden, None, cfg.dropout)
         deep_out = cfg.deep_hidden[-1] if cfg.deep_hidden else width
         head_in = width + deep_out if cfg.structure == "parallel" else deep_out
         self.head = MLP(head_in, cfg.head_hidden, 1, cfg.dropout)
-        self.candidate_sequence = candidate_sequence_of(cfg)
 
     def forward(self, batch: Batch) -> Tensor:
         x0 = self.inputs(batch).flatten(1)                          # (B, (n_N + 2) * d)

@@ -1,7 +1,8 @@
 """HiFormer (Gui et al. 2023, "Hiformer: Heterogeneous Feature Interactions Learning with Transformers for
 Recommender Systems"), a baseline of the EST paper's Table 3.
 
-Inputs as the EST paper feeds its hierarchical baselines (tokens.py): one token per non-behavioral field, the
+Inputs: the FAT paper's field tokens (inputs="fields", fields.py), or by default as the EST paper feeds its
+hierarchical baselines (tokens.py): one token per non-behavioral field, the
 SimTier token, and R_u and R_c each pooled by DIN into one token.
 
 The heterogeneous attention layer: every token has its own W_Q, W_K, W_V (all heads) and its own output
@@ -20,13 +21,13 @@ from torch import Tensor, nn
 from ..batch import Batch
 from ..data.dataset import DataSpec
 from .attention import RMSNorm
+from .fields import TokenInputConfig, TokenInputModel
 from .layers import MLP, TokenLinear, TokenSwiGLU
 from .registry import register
-from .tokens import PooledInputs, UnifiedInputConfig, UnifiedInputModel, candidate_sequence_of
 
 
 @dataclass
-class HiFormerConfig(UnifiedInputConfig):
+class HiFormerConfig(TokenInputConfig):
     layers: int = 2
     heads: int = 4
     ffn_mult: int = 2             # per-token SwiGLU hidden width = ffn_mult * dim
@@ -34,6 +35,7 @@ class HiFormerConfig(UnifiedInputConfig):
     dropout: float = 0.0
 
     def __post_init__(self):
+        super().__post_init__()
         if self.heads < 1 or self.dim % self.heads:
             raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
 
@@ -66,16 +68,14 @@ class HiFormerLayer(nn.Module):
 
 
 @register("hiformer", HiFormerConfig, "HiFormer: heterogeneous (token-specific) attention over DIN-pooled tokens")
-class HiFormer(UnifiedInputModel):
+class HiFormer(TokenInputModel):
     def __init__(self, spec: DataSpec, cfg: HiFormerConfig):
         super().__init__()
         self.cfg = cfg
-        self.inputs = PooledInputs(spec, cfg.embed_dim, cfg.dim, cfg.simtier_bins)
-        n = self.inputs.n_tokens
+        n = self.build_inputs(spec, cfg)
         self.layers = nn.ModuleList(HiFormerLayer(n, cfg) for _ in range(cfg.layers))
         self.norm = RMSNorm(cfg.dim)
         self.head = MLP(n * cfg.dim, cfg.head_hidden, 1, cfg.dropout)
-        self.candidate_sequence = candidate_sequence_of(cfg)
 
     def forward(self, batch: Batch) -> Tensor:
         x = self.inputs(batch)                                      # (B, T, d)

@@ -1,7 +1,8 @@
 """RankMixer (Zhu et al. 2025, ByteDance, "RankMixer: Scaling Up Ranking Models in Industrial Recommenders"), a
 baseline of the EST paper's Table 3.
 
-Inputs as the EST paper feeds its hierarchical baselines (tokens.py): T tokens of width d, one per
+Inputs: the FAT paper's field tokens (inputs="fields", fields.py), or by default as the EST paper feeds its
+hierarchical baselines (tokens.py): T tokens of width d, one per
 non-behavioral field, the SimTier token, and R_u and R_c each pooled by DIN into one token.
 
 One block (post-norm, as the paper): S = LN(TokenMixing(X) + X), X' = LN(PFFN(S) + S); the head reads the mean
@@ -21,13 +22,13 @@ from torch import Tensor, nn
 
 from ..batch import Batch
 from ..data.dataset import DataSpec
+from .fields import TokenInputConfig, TokenInputModel
 from .layers import MLP, TokenLinear
 from .registry import register
-from .tokens import PooledInputs, UnifiedInputConfig, UnifiedInputModel, candidate_sequence_of
 
 
 @dataclass
-class RankMixerConfig(UnifiedInputConfig):
+class RankMixerConfig(TokenInputConfig):
     layers: int = 2
     heads: int = 0                # mixing heads H; 0: the largest divisor of dim <= T (the paper's H = T if it divides)
     ffn_mult: int = 4             # per-token FFN hidden width = ffn_mult * dim (the paper: k = 4)
@@ -35,6 +36,7 @@ class RankMixerConfig(UnifiedInputConfig):
     dropout: float = 0.0
 
     def __post_init__(self):
+        super().__post_init__()
         if self.heads < 0 or (self.heads and self.dim % self.heads):
             raise ValueError(f"heads must be 0 (auto) or a divisor of dim {self.dim}, got {self.heads}")
 
@@ -76,16 +78,14 @@ class RankMixerBlock(nn.Module):
 
 
 @register("rankmixer", RankMixerConfig, "RankMixer: token mixing + per-token FFNs over DIN-pooled tokens")
-class RankMixer(UnifiedInputModel):
+class RankMixer(TokenInputModel):
     def __init__(self, spec: DataSpec, cfg: RankMixerConfig):
         super().__init__()
         self.cfg = cfg
-        self.inputs = PooledInputs(spec, cfg.embed_dim, cfg.dim, cfg.simtier_bins)
-        n = self.inputs.n_tokens
+        n = self.build_inputs(spec, cfg)
         self.heads = mixing_heads(n, cfg.dim, cfg.heads)
         self.blocks = nn.ModuleList(RankMixerBlock(n, cfg.dim, self.heads, cfg.ffn_mult) for _ in range(cfg.layers))
         self.head = MLP(cfg.dim, cfg.head_hidden, 1, cfg.dropout)
-        self.candidate_sequence = candidate_sequence_of(cfg)
 
     def forward(self, batch: Batch) -> Tensor:
         x = self.inputs(batch)                                      # (B, T, d)

@@ -132,7 +132,7 @@ def load_trained(run: str | Path, checkpoint: str = "best"):
     if cfg.distill is not None and checkpoint == "last":  # last.pt holds student and teacher together
         state = {k[len("student."):]: v for k, v in state.items() if k.startswith("student.")}
     model.load_state_dict(state)
-    return cfg, data, model.eval(), device
+    return cfg, data, model.eval().for_serving(), device
 
 
 def candidate_sequence(model: nn.Module):
