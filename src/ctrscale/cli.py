@@ -1,4 +1,4 @@
-"""Command line: `ctrscale ls | data prepare | train | distill | eval | analyze | compare | demo`."""
+"""Command line: `ctrscale ls | data prepare | train | distill | eval | analyze | compare | scale | demo`."""
 from __future__ import annotations
 
 import argparse
@@ -163,6 +163,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--config", help="base run config YAML")
     s.add_argument("overrides", nargs="*", help="dotted overrides for every run")
     s.set_defaults(fn=cmd_compare)
+
+    from .scaling.cli import add_parser as add_scale
+    add_scale(sub)
 
     s = sub.add_parser("demo", help="the main job: prepare the synthetic default, train every model, compare")
     s.add_argument("--out", default="reports/demo")

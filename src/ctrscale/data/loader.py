@@ -61,6 +61,20 @@ class LoaderConfig:
     length_window: int = 0    # > 0: batch rows of similar history length, sorted within windows of this many batches
     max_tokens: int = 0       # > 0: also at most this many rows (requests) x trimmed history width per batch
     cand_seq: CandidateSequence | None = None  # add each row's candidate-specific behaviors R_c (the GSU)
+    fraction: float = 1.0     # < 1: only this share of the split's requests (whole requests, a fixed random draw)
+    subsample_seed: int = 0   # the draw; a smaller fraction with the same seed keeps a subset of a larger one's
+
+
+def subsample_rows(requests: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Sorted row indices of the requests kept: request r stays when its uniform draw u_r < fraction, so for one
+    seed the kept sets are nested in the fraction and a request is never split."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    if fraction == 1:
+        return np.arange(len(requests))
+    uniq, inv = np.unique(requests, return_inverse=True)
+    u = np.random.default_rng(seed).random(len(uniq))
+    return np.flatnonzero(u[inv.ravel()] < fraction)
 
 
 class Loader:
@@ -68,18 +82,21 @@ class Loader:
 
     def __init__(self, data: PreparedDataset, split: str, cfg: LoaderConfig, seed: int = 0):
         self.data, self.split, self.cfg, self.seed = data, split, cfg, seed
-        self.n = len(data.split(split))
+        n = len(data.split(split))
+        needs_requests = cfg.listwise or cfg.fraction < 1
+        self._req = data.split(split).column("request") if needs_requests else None
+        self.rows = subsample_rows(self._req, cfg.fraction, cfg.subsample_seed) if cfg.fraction < 1 else np.arange(n)
+        self.n = len(self.rows)
         if cfg.listwise:
-            self._req = req = data.split(split).column("request")
-            self._req_order = np.argsort(req, kind="stable")
-            _, self._req_counts = np.unique(req[self._req_order], return_counts=True)
+            self._req_order = self.rows[np.argsort(self._req[self.rows], kind="stable")]
+            _, self._req_counts = np.unique(self._req[self._req_order], return_counts=True)
             self._req_starts = np.concatenate([[0], np.cumsum(self._req_counts)[:-1]])
 
     def plan(self, epoch: int) -> list[np.ndarray]:
         rng = np.random.default_rng([self.seed, epoch])
         bs = self.cfg.batch_size
         if not self.cfg.listwise:
-            order = rng.permutation(self.n) if self.cfg.shuffle else np.arange(self.n)
+            order = self.rows[rng.permutation(self.n)] if self.cfg.shuffle else self.rows
             if self.cfg.length_window > 0:
                 lengths = self.data.history_lengths(self.split, self.cfg.max_len)[order]
                 window = np.arange(self.n) // (self.cfg.length_window * bs)

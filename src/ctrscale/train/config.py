@@ -21,6 +21,8 @@ class DataSection:
     num_workers: int = 0
     length_window: int = 0           # > 0: batch similar history lengths together (windows of this many batches)
     listwise: bool | None = None     # whole requests per batch; default: what the model trains on (SparseCTR)
+    train_fraction: float = 1.0      # < 1: train on this share of the training requests (data-size scaling)
+    subsample_seed: int = 0          # which share; nested across fractions for one seed, the same for all runs
 
 
 @dataclass
@@ -92,6 +94,8 @@ class RunConfig:
             raise ConfigError(f"train.early_stop_metric: auc or gauc, got {self.train.early_stop_metric!r}")
         if self.distill is not None and "name" not in self.distill.teacher:
             raise ConfigError("distill.teacher needs a model 'name'")
+        if not 0 < self.data.train_fraction <= 1:
+            raise ConfigError(f"data.train_fraction must be in (0, 1], got {self.data.train_fraction}")
         if "name" not in self.model:
             raise ConfigError("model.name is required")
         return self

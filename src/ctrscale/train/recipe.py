@@ -220,7 +220,9 @@ def fit(cfg: RunConfig, resume: bool = False) -> dict:
     train_loader = Loader(data, "train", LoaderConfig(cfg.data.batch_size, step_loss.load_len, cfg.data.num_workers,
                                                       shuffle=True, length_window=cfg.data.length_window,
                                                       listwise=step_loss.listwise,
-                                                      cand_seq=candidate_sequence(model)),
+                                                      cand_seq=candidate_sequence(model),
+                                                      fraction=cfg.data.train_fraction,
+                                                      subsample_seed=cfg.data.subsample_seed),
                           seed=cfg.train.seed)
     steps_per_epoch = train_loader.steps_per_epoch()
     sched = make_schedule(opt, cfg.optim, steps_per_epoch * cfg.train.epochs)
@@ -394,6 +396,7 @@ def finish(cfg, model, data, max_len, device, st, train_loader) -> dict:
             "test": test, "epochs": st["epochs"], "params": count_params(model),
             "inference_gflops_per_60": inference_flops(model, sample) / 1e9,
             "train_flops_per_impression": training_flops_per_impression(model, sample),
+            "train_impressions": int(train_loader.n),  # the training set used (after data.train_fraction)
             "train_impressions_per_s": st["impressions"] / st["train_seconds"] if st["train_seconds"] else None,
             "train_seconds": st["train_seconds"], "config": cfg.to_dict(),
             "distilled_from": cfg.distill.teacher if cfg.distill else None}
