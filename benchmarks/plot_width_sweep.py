@@ -1,4 +1,4 @@
-"""Width sweep from a `ctrscale compare` folder: test AUC gain over a baseline run vs dense parameters, one curve
+"""Width sweep from a `ctrscale compare` folder or a `ctrscale scale` sweep folder (labels = point ids): test AUC gain over a baseline run vs dense parameters, one curve
 per model family, with the power law gain = a * N^b fitted (least squares in log-log) to each family's positive
 gains (the FAT paper's Eq. 12 form). Writes <out>.png and <out>.md.
 
@@ -16,8 +16,23 @@ from pathlib import Path
 import numpy as np
 
 
+def load_runs(folder: Path) -> dict[str, list[dict]]:
+    """label -> per-seed {"auc", "gauc", "dense"}: a compare folder's runs, or a scale sweep's points."""
+    runs: dict[str, list[dict]] = {}
+    if (folder / "results.csv").exists():
+        from ctrscale.scaling.sweep import read_results
+        for r in read_results(folder / "results.csv"):
+            runs.setdefault(r["point"], []).append({"auc": r["auc"], "gauc": r["gauc"], "dense": r["dense_params"]})
+        return runs
+    for d in folder.iterdir():
+        if (d / "results.json").exists():
+            res = json.loads((d / "results.json").read_text())
+            runs.setdefault(d.name.rsplit("-s", 1)[0], []).append({**res["test"], "dense": res["params"]["dense"]})
+    return runs
+
+
 def seed_mean(runs: list[dict], key: str) -> float:
-    return float(np.mean([r["test"][key] for r in runs]))
+    return float(np.mean([r[key] for r in runs]))
 
 
 def power_law(params: np.ndarray, gain: np.ndarray) -> tuple[float, float] | None:
@@ -37,10 +52,7 @@ def main() -> None:
     ap.add_argument("--metric", default="auc", choices=["auc", "gauc"])
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
-    runs = {}
-    for d in args.compare_dir.iterdir():
-        if (d / "results.json").exists():
-            runs.setdefault(d.name.rsplit("-s", 1)[0], []).append(json.loads((d / "results.json").read_text()))
+    runs = load_runs(args.compare_dir)
     base = seed_mean(runs[args.baseline], args.metric)
     lines = [f"Test {args.metric.upper()} gain over `{args.baseline}` ({base:.4f}), seed means; "
              f"power law gain = a * N^b fitted to the positive gains.", "",
@@ -53,7 +65,7 @@ def main() -> None:
     for spec in args.family:
         name, labels = spec.split("=", 1)
         have = [lab for lab in labels.split(",") if lab in runs]
-        params = np.array([runs[lab][0]["params"]["dense"] for lab in have], float)
+        params = np.array([runs[lab][0]["dense"] for lab in have], float)
         value = np.array([seed_mean(runs[lab], args.metric) for lab in have])
         order = np.argsort(params)
         params, value, have = params[order], value[order], [have[i] for i in order]
