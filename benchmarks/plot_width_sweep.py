@@ -1,6 +1,7 @@
-"""Width sweep from a `ctrscale compare` folder or a `ctrscale scale` sweep folder (labels = point ids): test AUC gain over a baseline run vs dense parameters, one curve
-per model family, with the power law gain = a * N^b fitted (least squares in log-log) to each family's positive
-gains (the FAT paper's Eq. 12 form). Writes <out>.png and <out>.md.
+"""Width sweep from a `ctrscale compare` folder or a `ctrscale scale` sweep folder (labels = point ids): test
+AUC gain over a baseline run vs dense parameters, one curve per model family, with the power law gain = a * N^b
+fitted (least squares in log-log) to each family's positive gains (the FAT paper's Eq. 12 form).
+Writes <out>.png and <out>.md.
 
     python benchmarks/plot_width_sweep.py /tmp/exp/fat/ml1m --baseline mlp-f \
         --family FAT=fat-w16,fat-w32,fat-s,fat-w64,fat-l,fat-w256 \

@@ -43,6 +43,8 @@ class _Gather(Dataset):
         return len(self.plan)
 
     def __getitem__(self, i: int):
+        if len(self.plan[i]) == 0:
+            return None
         batch = _to_batch(self.data.gather(self.split, self.plan[i], self.max_len, self.trim, self.searcher))
         return RequestBatch.from_batch(batch) if self.listwise else batch
 
@@ -156,8 +158,17 @@ class Loader:
     def steps_per_epoch(self) -> int:
         return len(self.plan(0))
 
-    def epoch(self, epoch: int = 0, start_step: int = 0):
+    def epoch(self, epoch: int = 0, start_step: int = 0, world=None):
+        """The epoch's batches from `start_step` on; with a distributed `world` (train.distributed.World), this
+        rank's part of each global batch (an empty part comes as None)."""
         plan = self.plan(epoch)[start_step:]
+        if world is not None and world.distributed:
+            from ..train.distributed import shard
+            plan = [shard(b, world, self._req[b] if self.cfg.listwise else None) for b in plan]
+        return self.batches(plan)
+
+    def batches(self, plan: list[np.ndarray]):
+        """Batches of the given row-index arrays, in that order."""
         ds = _Gather(self.data, self.split, self.cfg.max_len, plan, self.cfg.listwise, self.cfg.trim,
                      self.cfg.cand_seq)
         if self.cfg.num_workers == 0:

@@ -32,11 +32,14 @@ from ..models.registry import build_model
 from ..typed import ConfigError
 from . import sparse
 from .config import RunConfig, save_config
+from .distributed import World, init_world
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, world: World | None = None) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and world is not None and world.distributed:
+        return torch.device("cuda", world.local_rank)
     return torch.device(name)
 
 
@@ -89,19 +92,22 @@ def atomic_save(obj, path: Path) -> None:
 
 @torch.no_grad()
 def predict(model: nn.Module, data, split: str, max_len: int, batch_size: int, device: torch.device,
-            precision: str = "auto", num_workers: int = 0) -> dict[str, np.ndarray]:
+            precision: str = "auto", num_workers: int = 0, world: World | None = None) -> dict[str, np.ndarray]:
     """Probabilities for a whole split, in its stored order, with labels and user keys. Rows are scored in
     batches of similar history length (cheaper with trimmed padding) and put back in order; a batch holds at most
-    `batch_size` rows and batch_size x 64 behavior tokens, so long histories come in smaller batches."""
+    `batch_size` rows and batch_size x 64 behavior tokens, so long histories come in smaller batches.
+    Distributed: each rank scores every world.size-th batch and all ranks receive the whole split."""
+    world = world or World()
     was = model.training
     model.eval()
     listwise = trains_listwise(model)  # a request's history encoded once for all its candidates
     loader = Loader(data, split, LoaderConfig(batch_size=batch_size, max_len=max_len, shuffle=False,
                                               num_workers=num_workers, length_window=16, listwise=listwise,
                                               max_tokens=batch_size * 64, cand_seq=candidate_sequence(model)))
-    rows = np.concatenate(loader.plan(0)) if loader.n else np.zeros(0, np.int64)
+    plan = loader.plan(0)[world.rank::world.size]
+    rows = np.concatenate(plan) if plan else np.zeros(0, np.int64)
     probs, labels, users = [], [], []
-    for batch in loader.epoch(0):
+    for batch in loader.batches(plan):
         batch = batch.to(device)
         with autocast_for(device, precision):
             logits = model.score_request(batch)[batch.mask] if listwise else model(batch)
@@ -111,12 +117,16 @@ def predict(model: nn.Module, data, split: str, max_len: int, batch_size: int, d
         labels.append(batch.label.cpu())
         users.append(batch.user.cpu())
     model.train(was)
-    def in_order(xs):
-        out = torch.cat(xs).numpy() if xs else np.zeros(0)
+    cat = lambda xs: torch.cat(xs).numpy() if xs else np.zeros(0)  # noqa: E731
+    parts = world.gather((rows, cat(probs), cat(labels), cat(users)))
+    rows = np.concatenate([p[0] for p in parts])
+
+    def in_order(k):
+        out = np.concatenate([p[k] for p in parts])
         placed = np.empty_like(out)
         placed[rows] = out
         return placed
-    return {"prob": in_order(probs), "label": in_order(labels), "user": in_order(users)}
+    return {"prob": in_order(1), "label": in_order(2), "user": in_order(3)}
 
 
 def load_trained(run: str | Path, checkpoint: str = "best"):
@@ -145,9 +155,19 @@ def trains_listwise(model: nn.Module, setting: bool | None = None) -> bool:
     return bool(getattr(model, "listwise", False)) if setting is None else setting
 
 
-def evaluate(model, data, split, max_len, batch_size, device, precision="auto") -> dict:
-    p = predict(model, data, split, max_len, batch_size, device, precision)
+def evaluate(model, data, split, max_len, batch_size, device, precision="auto", world: World | None = None) -> dict:
+    p = predict(model, data, split, max_len, batch_size, device, precision, world=world)
     return metrics.evaluate(p["label"], p["prob"], p["user"])
+
+
+class NullLog:
+    """The metric log of ranks other than 0."""
+
+    def log(self, *args, **kwargs) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 class MetricLog:
@@ -200,10 +220,14 @@ def _set_rng_state(s: dict) -> None:
 def fit(cfg: RunConfig, resume: bool = False) -> dict:
     """Train, early-stop on a validation metric, evaluate the best weights on test; returns results.json."""
     run_dir = cfg.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
+    world = init_world(cfg.train.device)
+    main = world.is_main
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    world.barrier()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    device = resolve_device(cfg.train.device)
+    device = resolve_device(cfg.train.device, world)
     if device.type == "cpu":
         keep_freed_memory()
     data = open_dataset(cfg.data.name, cfg.data.path, cfg.data.raw_dir, cfg.data.options)
@@ -213,9 +237,13 @@ def fit(cfg: RunConfig, resume: bool = False) -> dict:
     model = build_model(data.spec, cfg.model, content=data.content()).to(device)
     step_loss = Objective(model, cfg, data.spec, max_len, device, data.content())
     trainable = step_loss.trainable  # the model, or the student and its teacher together
+    engine = step_loss
+    if world.distributed:  # gradients averaged over ranks; find_unused: not every model touches every parameter
+        engine = nn.parallel.DistributedDataParallel(step_loss, device_ids=[device.index] if device.type == "cuda"
+                                                     else None, find_unused_parameters=True)
     if cfg.train.sparse_init:
         copied = sparse.warm_start(model, cfg.train.sparse_init)
-        _say(cfg, f"warm start: {len(copied)} embedding tables from {cfg.train.sparse_init}")
+        _say(cfg if main else None, f"warm start: {len(copied)} embedding tables from {cfg.train.sparse_init}")
     opt = make_optimizer(trainable, cfg.optim)
     train_loader = Loader(data, "train", LoaderConfig(cfg.data.batch_size, step_loss.load_len, cfg.data.num_workers,
                                                       shuffle=True, length_window=cfg.data.length_window,
@@ -245,12 +273,17 @@ def fit(cfg: RunConfig, resume: bool = False) -> dict:
             saved_sparse = torch.load(snap, weights_only=True)
         else:
             saved_sparse = sparse.snapshot(trainable)
-            atomic_save(saved_sparse, snap)
-    save_config(cfg, run_dir / "config.yaml")
-    (run_dir / "data_spec.json").write_text(json.dumps({**data.spec.to_dict(), "max_len_used": max_len}, indent=1))
-    log = MetricLog(run_dir, st["step"])
+            if main:
+                atomic_save(saved_sparse, snap)
+    if main:
+        save_config(cfg, run_dir / "config.yaml")
+        (run_dir / "data_spec.json").write_text(json.dumps({**data.spec.to_dict(), "max_len_used": max_len},
+                                                           indent=1))
+    log = MetricLog(run_dir, st["step"]) if main else NullLog()
 
     def checkpoint():
+        if not main:
+            return
         atomic_save({"model": trainable.state_dict(), "optim": opt.state_dict(), "sched": sched.state_dict(),
                      "rng": _rng_state(), "state": st, "config": cfg.to_dict()}, last)
 
@@ -260,14 +293,18 @@ def fit(cfg: RunConfig, resume: bool = False) -> dict:
         epoch = st["epoch"]
         if saved_sparse is not None and epoch > 0 and st["step_in_epoch"] == 0:
             sparse.reset(trainable, opt, saved_sparse)
-        batches = train_loader.epoch(epoch, start_step=st["step_in_epoch"])
-        bar = _progress(cfg, steps_per_epoch, st["step_in_epoch"], f"epoch {epoch + 1}/{cfg.train.epochs}")
+        batches = train_loader.epoch(epoch, start_step=st["step_in_epoch"], world=world)
+        bar = _progress(cfg, steps_per_epoch, st["step_in_epoch"], f"epoch {epoch + 1}/{cfg.train.epochs}") \
+            if main else None
         t0, seen, loss_sum, loss_n = time.perf_counter(), 0, 0.0, 0
         for batch in batches:
-            batch = batch.to(device, non_blocking=True)
+            batch = None if batch is None else batch.to(device, non_blocking=True)
             opt.zero_grad(set_to_none=True)
             autocast = autocast_for(device, cfg.train.precision)
-            loss = accumulate_gradients(step_loss, batch, cfg.train.grad_accum, autocast)
+            n_local = 0 if batch is None else len(batch)
+            # this rank's share of the global batch: DDP's mean over ranks then equals the whole batch's mean
+            share = n_local * world.size / world.sum(n_local) if world.distributed else 1.0
+            loss = accumulate_gradients(engine, batch, cfg.train.grad_accum, autocast, share)
             if cfg.optim.grad_clip > 0:
                 nn.utils.clip_grad_norm_(trainable.parameters(), cfg.optim.grad_clip)
             opt.step()
@@ -275,7 +312,7 @@ def fit(cfg: RunConfig, resume: bool = False) -> dict:
             st["step"] += 1
             st["step_in_epoch"] += 1
             steps_this_process += 1
-            seen += len(batch)
+            seen += n_local
             loss_sum, loss_n = loss_sum + loss.item(), loss_n + 1
             if bar is not None:
                 bar.update(1)
@@ -288,6 +325,7 @@ def fit(cfg: RunConfig, resume: bool = False) -> dict:
             if cfg.train.max_steps and steps_this_process >= cfg.train.max_steps:
                 break
         dt = time.perf_counter() - t0
+        seen = int(world.sum(seen))
         st["train_seconds"] += dt
         st["impressions"] += seen
         if bar is not None:
@@ -297,14 +335,15 @@ def fit(cfg: RunConfig, resume: bool = False) -> dict:
             checkpoint()
             log.close()
             return {"stopped_at_step": st["step"], "run_dir": str(run_dir)}
-        m = evaluate(model, data, "valid", max_len, cfg.data.eval_batch_size, device, cfg.train.precision)
+        m = evaluate(model, data, "valid", max_len, cfg.data.eval_batch_size, device, cfg.train.precision, world)
         log.log(st["step"], epoch, "valid", auc=m["auc"], gauc=m.get("gauc"), uauc=m.get("uauc"),
                 logloss=m["logloss"], impressions_per_s=seen / dt if dt else None)
         st["epochs"].append({"epoch": epoch + 1, "step": st["step"], **{f"valid_{k}": v for k, v in m.items()}})
         score = m[cfg.train.early_stop_metric]
         if score > st["best"]:
             st.update(best=score, best_epoch=epoch + 1, bad_epochs=0)
-            atomic_save(model.state_dict(), run_dir / "best.pt")
+            if main:
+                atomic_save(model.state_dict(), run_dir / "best.pt")
         else:
             st["bad_epochs"] += 1
         st["epoch"] += 1
@@ -312,34 +351,46 @@ def fit(cfg: RunConfig, resume: bool = False) -> dict:
         if st["bad_epochs"] >= cfg.train.patience or st["epoch"] >= cfg.train.epochs:
             st["done"] = True
         checkpoint()
-        _say(cfg, f"epoch {epoch + 1}: valid AUC {m['auc']:.4f} GAUC {m.get('gauc', float('nan')):.4f} "
+        _say(cfg if main else None, f"epoch {epoch + 1}: valid AUC {m['auc']:.4f} "
+                                    f"GAUC {m.get('gauc', float('nan')):.4f} "
                   f"logloss {m['logloss']:.4f}")
     log.close()
-    results = finish(cfg, model, data, max_len, device, st, train_loader)
+    world.barrier()  # best.pt is written by rank 0
+    results = finish(cfg, model, data, max_len, device, st, train_loader, world)
     if step_loss.teacher is not None:  # kept for inspection; the student in best.pt serves alone
-        atomic_save(step_loss.teacher.state_dict(), run_dir / "teacher.pt")
+        if main:
+            atomic_save(step_loss.teacher.state_dict(), run_dir / "teacher.pt")
         results["teacher_test"] = evaluate(step_loss.teacher, data, "test", step_loss.load_len,
-                                           cfg.data.eval_batch_size, device, cfg.train.precision)
-    (run_dir / "results.json").write_text(json.dumps(results, indent=1))
+                                           cfg.data.eval_batch_size, device, cfg.train.precision, world)
+    if main:
+        (run_dir / "results.json").write_text(json.dumps(results, indent=1))
+    world.barrier()
     return results
 
 
-def accumulate_gradients(step_loss, batch, parts: int, autocast) -> Tensor:
-    """Backward of the batch's mean loss in `parts` micro-batches (rows, or whole requests), each weighted by its
-    share of the impressions: the gradient of one big batch at a fraction of its activation memory."""
-    if parts <= 1:
+def accumulate_gradients(engine, batch, parts: int, autocast, share: float = 1.0) -> Tensor:
+    """Backward of the batch's mean loss (times `share`, this rank's weight in a distributed step) in `parts`
+    micro-batches (rows, or whole requests), each weighted by its share of the impressions: the gradient of one big
+    batch at a fraction of its activation memory. Returns the batch's mean loss (unweighted by `share`).
+    Under DDP every rank runs the same number of backward passes (an empty part still runs, adding zeros) and
+    gradients are reduced once, on the last."""
+    distributed = isinstance(engine, nn.parallel.DistributedDataParallel)
+    if parts <= 1 or batch is None:
         with autocast:
-            loss = step_loss(batch)
-        loss.backward()
+            loss = engine(batch)
+        (loss * share if share != 1.0 else loss).backward()
         return loss.detach()
     total, n = 0.0, len(batch)
-    for idx in torch.arange(batch.label.shape[0], device=batch.label.device).tensor_split(parts):
+    pieces = torch.arange(batch.label.shape[0], device=batch.label.device).tensor_split(parts)
+    for i, idx in enumerate(pieces):
         micro = batch.select(idx)
-        if len(micro) == 0:
+        if len(micro) == 0 and not distributed:
             continue
-        with autocast:
-            loss = step_loss(micro) * (len(micro) / n)
-        loss.backward()
+        sync = engine.no_sync() if distributed and i < len(pieces) - 1 else nullcontext()
+        with sync:
+            with autocast:
+                loss = engine(micro if len(micro) else None) * (len(micro) / n)
+            (loss * share if share != 1.0 else loss).backward()
         total = total + loss.detach()
     return total
 
@@ -353,22 +404,28 @@ def distill_loss(z_student: Tensor, z_teacher: Tensor, label: Tensor, temperatur
     return bce(z_student, label) + bce(z_teacher, label) + weight * bce(z_student / temperature, soft)
 
 
-class Objective:
+class Objective(nn.Module):
     """The training loss of a run: plain BCE, or online distillation when the config has a `distill` section.
-    `load_len` is the history length batches are loaded with (the longer of student and teacher)."""
+    `load_len` is the history length batches are loaded with (the longer of student and teacher). A module, so
+    DDP can wrap it whichever of the model's methods the loss calls; its parameters are `trainable`'s."""
 
     def __init__(self, model: nn.Module, cfg: RunConfig, spec, max_len: int, device, content=None):
-        self.model, self.max_len, self.dist = model, max_len, cfg.distill
-        self.trainable, self.load_len, self.teacher = model, max_len, None
+        super().__init__()
+        self.max_len, self.dist = max_len, cfg.distill
+        self.load_len, self.teacher = max_len, None
+        object.__setattr__(self, "model", model)     # not a submodule: `trainable` holds it
         self.listwise = trains_listwise(model, cfg.data.listwise)
         if self.dist is not None and self.listwise:
             raise ConfigError("online distillation trains pointwise: set data.listwise=false")
         if self.dist is not None:
-            self.teacher = build_model(spec, self.dist.teacher, content=content).to(device)
+            object.__setattr__(self, "teacher", build_model(spec, self.dist.teacher, content=content).to(device))
             self.load_len = max(max_len, self.dist.teacher_max_len or max_len)
-            self.trainable = nn.ModuleDict({"student": model, "teacher": self.teacher})
+        self.trainable = nn.ModuleDict({"student": model, "teacher": self.teacher}) if self.teacher is not None \
+            else model
 
-    def __call__(self, batch) -> Tensor:
+    def forward(self, batch) -> Tensor:
+        if batch is None:  # a rank with nothing in this step: zero gradients, still part of the reduction
+            return sum(p.sum() for p in self.parameters()) * 0.0
         if self.listwise:  # BCE over every real candidate of every request
             logits = self.model.score_request(batch)
             return nn.functional.binary_cross_entropy_with_logits(logits[batch.mask].float(), batch.label[batch.mask])
@@ -381,10 +438,12 @@ class Objective:
         return distill_loss(z_s, z_t, batch.label, d.temperature, weight)
 
 
-def finish(cfg, model, data, max_len, device, st, train_loader) -> dict:
-    model.load_state_dict(torch.load(cfg.run_dir / "best.pt", weights_only=True))
-    pred = predict(model, data, "test", max_len, cfg.data.eval_batch_size, device, cfg.train.precision)
-    np.savez_compressed(cfg.run_dir / "test_predictions.npz", **pred)  # for paired tests between models
+def finish(cfg, model, data, max_len, device, st, train_loader, world: World | None = None) -> dict:
+    world = world or World()
+    model.load_state_dict(torch.load(cfg.run_dir / "best.pt", weights_only=True, map_location=device))
+    pred = predict(model, data, "test", max_len, cfg.data.eval_batch_size, device, cfg.train.precision, world=world)
+    if world.is_main:
+        np.savez_compressed(cfg.run_dir / "test_predictions.npz", **pred)  # for paired tests between models
     test = metrics.evaluate(pred["label"], pred["prob"], pred["user"])
     valid = st["epochs"][st["best_epoch"] - 1]
     sample = next(iter(Loader(data, "valid", LoaderConfig(batch_size=60, max_len=max_len, shuffle=False,
@@ -411,6 +470,6 @@ def _progress(cfg, total, initial, desc):
 
 
 def _say(cfg, msg: str) -> None:
-    if cfg.train.progress:
+    if cfg is not None and cfg.train.progress:
         print(msg, flush=True)
 
