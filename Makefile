@@ -27,6 +27,7 @@ bench: setup
 	$(PY) benchmarks/bench_sparsectr.py --settings S1 S2 S3 S4
 	$(PY) benchmarks/bench_est.py
 	$(PY) benchmarks/bench_fat.py
+	$(PY) benchmarks/bench_stream.py
 
 clean:
 	rm -rf $(VENV) reports runs

@@ -23,6 +23,9 @@ class DataSection:
     listwise: bool | None = None     # whole requests per batch; default: what the model trains on (SparseCTR)
     train_fraction: float = 1.0      # < 1: train on this share of the training requests (data-size scaling)
     subsample_seed: int = 0          # which share; nested across fractions for one seed, the same for all runs
+    streaming: bool = False          # train from a shuffle buffer over shard chunks (bounded memory; data/stream.py)
+    shuffle_buffer: int = 100_000    # rows the streaming shuffle buffer holds
+    chunk_rows: int = 65_536         # consecutive rows read at a time when streaming
 
 
 @dataclass

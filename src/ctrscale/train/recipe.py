@@ -245,13 +245,16 @@ def fit(cfg: RunConfig, resume: bool = False) -> dict:
         copied = sparse.warm_start(model, cfg.train.sparse_init)
         _say(cfg if main else None, f"warm start: {len(copied)} embedding tables from {cfg.train.sparse_init}")
     opt = make_optimizer(trainable, cfg.optim)
-    train_loader = Loader(data, "train", LoaderConfig(cfg.data.batch_size, step_loss.load_len, cfg.data.num_workers,
-                                                      shuffle=True, length_window=cfg.data.length_window,
-                                                      listwise=step_loss.listwise,
-                                                      cand_seq=candidate_sequence(model),
-                                                      fraction=cfg.data.train_fraction,
-                                                      subsample_seed=cfg.data.subsample_seed),
-                          seed=cfg.train.seed)
+    train_cfg = LoaderConfig(cfg.data.batch_size, step_loss.load_len, cfg.data.num_workers, shuffle=True,
+                             length_window=cfg.data.length_window, listwise=step_loss.listwise,
+                             cand_seq=candidate_sequence(model), fraction=cfg.data.train_fraction,
+                             subsample_seed=cfg.data.subsample_seed)
+    if cfg.data.streaming:
+        from ..data.stream import StreamLoader
+        train_loader = StreamLoader(data, "train", train_cfg, cfg.train.seed, cfg.data.shuffle_buffer,
+                                    cfg.data.chunk_rows)
+    else:
+        train_loader = Loader(data, "train", train_cfg, seed=cfg.train.seed)
     steps_per_epoch = train_loader.steps_per_epoch()
     sched = make_schedule(opt, cfg.optim, steps_per_epoch * cfg.train.epochs)
     st = {"epoch": 0, "step_in_epoch": 0, "step": 0, "best": -1.0, "best_epoch": -1, "bad_epochs": 0,
