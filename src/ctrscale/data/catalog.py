@@ -9,7 +9,8 @@ from pathlib import Path
 
 from .dataset import PreparedDataset
 
-RAW_FOLDERS = {"ml100k-ctr-v1": "ml-100k", "ml1m-u2999-ctr-v1": "ml-1m-u2999"}
+RAW_FOLDERS = {"ml100k-ctr-v1": "ml-100k", "ml1m-u2999-ctr-v1": "ml-1m-u2999", "ml1m-ctr-v1": "ml-1m",
+               "ml20m-ctr-v1": "ml-20m"}
 NAMES = ("synthetic", *RAW_FOLDERS)
 
 

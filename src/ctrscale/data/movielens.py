@@ -1,6 +1,7 @@
-"""MovieLens CTR protocols `ml100k-ctr-v1` and `ml1m-u2999-ctr-v1` (shared/spec/data.md).
+"""MovieLens CTR protocols (shared/spec/data.md): `ml100k-ctr-v1`, `ml1m-u2999-ctr-v1` (the shared subset),
+`ml1m-ctr-v1` (all of MovieLens-1M) and `ml20m-ctr-v1` (MovieLens-20M, no user features).
 
-Both: label = rating >= 4; events ordered by (timestamp, user_id, item_id) and split by position 80/10/10;
+All: label = rating >= 4; events ordered by (timestamp, user_id, item_id) and split by position 80/10/10;
 the history of an event = the same user's ratings strictly earlier, ordered by (timestamp, item_id);
 a request = the events of one user at one timestamp.
 """
@@ -48,8 +49,22 @@ def _load_ml100k(raw: Path):
     return r[:, 0], r[:, 1], r[:, 2], r[:, 3], users, items
 
 
+ML20M_GENRES = ["Action", "Adventure", "Animation", "Children", "Comedy", "Crime", "Documentary", "Drama", "Fantasy",
+                "Film-Noir", "Horror", "IMAX", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western"]
+
+
+def _genre_decade(title: str, genres: str, order: list[str]) -> tuple[int, int]:
+    """The first listed genre's index in `order` (+1; 0 = none or unknown) and the decade of "(YYYY)" at the
+    title's end (0 when absent)."""
+    first = genres.split("|")[0]
+    m = re.search(r"\((\d{4})\)\s*$", title)
+    return (order.index(first) + 1 if first in order else 0), (int(m.group(1)) // 10 * 10 if m else 0)
+
+
 def _load_ml1m(raw: Path):
-    with gzip.open(raw / "ratings.dat.gz", "rt", encoding="latin-1") as f:
+    gz = raw / "ratings.dat.gz"  # the shared u2999 subset is gzipped; the public ml-1m folder is not
+    opened = gzip.open(gz, "rt", encoding="latin-1") if gz.exists() else open(raw / "ratings.dat", encoding="latin-1")
+    with opened as f:
         r = np.array([line.split("::") for line in f.read().splitlines()], dtype=np.int64)
     users = {}
     for line in (raw / "users.dat").read_text(encoding="latin-1").splitlines():
@@ -58,35 +73,50 @@ def _load_ml1m(raw: Path):
     items = {}
     for line in (raw / "movies.dat").read_text(encoding="latin-1").splitlines():
         mid, title, genres = line.split("::")
-        first = genres.split("|")[0]
-        genre = ML1M_GENRES.index(first) + 1 if first in ML1M_GENRES else 0
-        m = re.search(r"\((\d{4})\)\s*$", title)
-        decade = int(m.group(1)) // 10 * 10 if m else 0
-        items[int(mid)] = (genre, decade)
+        items[int(mid)] = _genre_decade(title, genres, ML1M_GENRES)
     return r[:, 0], r[:, 1], r[:, 2], r[:, 3], users, items
 
 
-LOADERS = {"ml100k-ctr-v1": (_load_ml100k, ["u.data", "u.user", "u.item"]),
-           "ml1m-u2999-ctr-v1": (_load_ml1m, ["ratings.dat.gz", "users.dat", "movies.dat"])}
+def _load_ml20m(raw: Path):
+    """ratings.csv (userId,movieId,rating,timestamp; half stars) and movies.csv (movieId,title,genres; titles
+    quoted when they hold commas), read with pyarrow's CSV reader (20M rows in seconds)."""
+    from pyarrow import csv
+    r = csv.read_csv(raw / "ratings.csv")
+    m = csv.read_csv(raw / "movies.csv", convert_options=csv.ConvertOptions(
+        column_types={"title": "string", "genres": "string"}))
+    items = {int(i): _genre_decade(t, g, ML20M_GENRES) for i, t, g in
+             zip(m["movieId"].to_pylist(), m["title"].to_pylist(), m["genres"].to_pylist())}
+    half_stars = np.rint(r["rating"].to_numpy() * 2).astype(np.int64)
+    return (r["userId"].to_numpy().astype(np.int64), r["movieId"].to_numpy().astype(np.int64), half_stars,
+            r["timestamp"].to_numpy().astype(np.int64), {}, items)
+
+
+# name -> (loader, files that must exist (any one of a tuple), label threshold on the loader's rating)
+LOADERS = {"ml100k-ctr-v1": (_load_ml100k, ["u.data", "u.user", "u.item"], 4),
+           "ml1m-u2999-ctr-v1": (_load_ml1m, ["ratings.dat.gz", "users.dat", "movies.dat"], 4),
+           "ml1m-ctr-v1": (_load_ml1m, [("ratings.dat", "ratings.dat.gz"), "users.dat", "movies.dat"], 4),
+           "ml20m-ctr-v1": (_load_ml20m, ["ratings.csv", "movies.csv"], 8)}  # 8 half stars = 4 stars
 
 
 def prepare_movielens(name: str, raw_dir: str | Path, out: str | Path, force: bool = False) -> dict | None:
     """Prepare one of the MovieLens protocols; returns the report, or None when `out` is already prepared."""
     raw_dir, out = Path(raw_dir), Path(out)
-    load, files = LOADERS[name]
-    missing = [f for f in files if not (raw_dir / f).exists()]
+    load, files, threshold = LOADERS[name]
+    present = [next((raw_dir / f for f in ((f,) if isinstance(f, str) else f) if (raw_dir / f).exists()), None)
+               for f in files]
+    missing = [f if isinstance(f, str) else " or ".join(f) for f, p in zip(files, present) if p is None]
     if missing:
         raise FileNotFoundError(f"{raw_dir}: missing {missing} for {name}")
     schema = load_schema(schema_path(name))
-    content_file = raw_dir / schema.content.path
-    fp = fingerprint(name, VERSION, schema.to_dict(),
-                     files=[raw_dir / f for f in files] + ([content_file] if content_file.exists() else []))
+    content_file = raw_dir / schema.content.path if schema.content is not None else None
+    has_content = content_file is not None and content_file.exists()
+    fp = fingerprint(name, VERSION, schema.to_dict(), files=present + ([content_file] if has_content else []))
     if not force and is_prepared(out, fp):
         return None
     user, item, rating, ts, users, items = load(raw_dir)
     if (ts <= 0).any():
         bad = int(np.argmax(ts <= 0))
-        raise ValueError(f"{raw_dir / files[0]}: row {bad + 1}: field timestamp: non-positive value {ts[bad]}")
+        raise ValueError(f"{present[0]}: row {bad + 1}: field timestamp: non-positive value {ts[bad]}")
 
     order = np.lexsort((item, user, ts))  # by timestamp, then user, then item
     user, item, rating, ts = user[order], item[order], rating[order], ts[order]
@@ -100,17 +130,28 @@ def prepare_movielens(name: str, raw_dir: str | Path, out: str | Path, force: bo
     hist_end = np.searchsorted(log_key, user * key_span + ts, side="left")
     hist_start = np.searchsorted(lu, user, side="left")
 
-    uf = np.array([users[u] for u in user.tolist()], dtype=object)
-    itf = np.array([items.get(i, (0, 0)) for i in item.tolist()], dtype=np.int64)
-    log_items = np.array([items.get(i, (0, 0)) for i in item[log_order].tolist()], dtype=np.int64)
+    itf = _item_table(items, item)
+    log_items = _item_table(items, item[log_order])
     rows = {
-        "user_id": user, "age": uf[:, 0].astype(str), "gender": uf[:, 1].astype(str),
-        "occupation": uf[:, 2].astype(str), "zip_prefix": uf[:, 3].astype(str),
-        "item_id": item, "genre": itf[:, 0], "release_decade": itf[:, 1],
+        "user_id": user, "item_id": item, "genre": itf[:, 0], "release_decade": itf[:, 1],
         "hour": (ts // 3600) % 24, "weekday": (ts // 86400 + 3) % 7,  # 1970-01-01 was a Thursday; Monday = 0
-        "label": (rating >= 4).astype(np.float32), "time": ts, "user": user, "request": request_ids(user, ts),
+        "label": (rating >= threshold).astype(np.float32), "time": ts, "user": user,
+        "request": request_ids(user, ts),
     }
+    if users:  # ML-100K and ML-1M describe their users; ML-20M does not
+        uf = np.array([users[u] for u in user.tolist()], dtype=object)
+        rows.update(age=uf[:, 0].astype(str), gender=uf[:, 1].astype(str), occupation=uf[:, 2].astype(str),
+                    zip_prefix=uf[:, 3].astype(str))
     log = {"item_id": item[log_order], "genre": log_items[:, 0], "rating": rating[log_order], "time": lt}
-    content = np.load(content_file) if content_file.exists() else None
+    content = np.load(content_file) if has_content else None
     return write_prepared(out, schema=schema, fp=fp, rows=rows, split=split, log=log, hist_start=hist_start,
                           hist_end=hist_end, content_raw=content)
+
+
+def _item_table(items: dict, ids: np.ndarray) -> np.ndarray:
+    """(N, 2) genre and decade of each item id (0, 0 for an item the movie file does not list), vectorised."""
+    keys = np.array(sorted(items), dtype=np.int64)
+    table = np.array([items[k] for k in keys.tolist()], dtype=np.int64).reshape(-1, 2)
+    pos = np.clip(np.searchsorted(keys, ids), 0, max(len(keys) - 1, 0))
+    found = (keys[pos] == ids) if len(keys) else np.zeros(len(ids), bool)
+    return np.where(found[:, None], table[pos] if len(keys) else 0, 0)
