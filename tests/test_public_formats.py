@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from ctrscale.data import catalog
 from ctrscale.data.dataset import PreparedDataset
@@ -82,3 +83,75 @@ def test_movielens_1m_format(tmp_path):
     data = PreparedDataset(path)
     assert data.spec.sparse[:5] == ("user_id", "age", "gender", "occupation", "zip_prefix")
     _check_protocol(data, events, threshold_half_stars=4)
+
+
+def test_taobao_display_ads_format(tmp_path):
+    """Four files as Tianchi publishes them (the profile header's trailing space, NULL brands, a user without a
+    profile, behaviors after impressions and of users never shown an ad)."""
+    rng = np.random.default_rng(2)
+    day0 = 1494000000 - (1494000000 + 8 * 3600) % 86400           # a Beijing midnight
+    ads = {a: (a % 7 + 1, a * 10, a * 100, (a * 31) % 5 if a % 4 else None, 10.0 * a) for a in range(1, 13)}
+    samples = []
+    for u in range(1, 31):
+        for _ in range(6):
+            t = day0 + int(rng.integers(0, 5)) * 86400 + int(rng.integers(0, 86400))
+            samples.append((u, t, int(rng.integers(1, 13)), f"430548_{1007 + u % 2}", int(rng.random() < 0.3)))
+    behaviors = [(u, day0 - 3 * 86400 + int(rng.integers(0, 8 * 86400)), str(rng.choice(["pv", "cart", "fav", "buy"])),
+                  int(rng.integers(1, 8)), int(rng.integers(0, 5))) for u in range(1, 36) for _ in range(15)]
+    raw = tmp_path / "taobao"
+    raw.mkdir()
+    (raw / "raw_sample.csv").write_text("user,time_stamp,adgroup_id,pid,nonclk,clk\n" + "".join(
+        f"{u},{t},{a},{p},{1 - c},{c}\n" for u, t, a, p, c in samples))
+    (raw / "ad_feature.csv").write_text("adgroup_id,cate_id,campaign_id,customer,brand,price\n" + "".join(
+        f"{a},{c},{cp},{cu},{'NULL' if b is None else b},{p}\n" for a, (c, cp, cu, b, p) in ads.items()))
+    (raw / "user_profile.csv").write_text(
+        "userid,cms_segid,cms_group_id,final_gender_code,age_level,pvalue_level,shopping_level,occupation,"
+        "new_user_class_level \n" + "".join(f"{u},0,{u % 13},{1 + u % 2},{u % 7},{'' if u % 5 == 0 else 1 + u % 3},"
+                                            f"3,0,{1 + u % 4}\n" for u in range(2, 31)))   # user 1: no profile
+    (raw / "behavior_log.csv").write_text("user,time_stamp,btag,cate,brand\n" + "".join(
+        f"{u},{t},{b},{c},{br}\n" for u, t, b, c, br in behaviors))
+    path, _ = catalog.prepare("taobao-ctr-v1", raw_dir=str(raw))
+    data = PreparedDataset(path)
+    assert data.spec.hist == ("cate", "brand", "btag") and "price" in data.spec.dense
+    ordered = sorted(samples, key=lambda s: (s[1], s[0], s[2]))
+    days = [(t + 8 * 3600) // 86400 for _, t, _, _, _ in ordered]
+    last = max(days)
+    want = {"train": [s for s, d in zip(ordered, days) if d < last - 1],
+            "valid": [s for s, d in zip(ordered, days) if d == last - 1],
+            "test": [s for s, d in zip(ordered, days) if d == last]}
+    vocab = {f: data.vocab(f) for f in ("user_id", "adgroup_id", "brand", "pvalue_level", "cate_id")}
+    decode = lambda f, ids: vocab[f].values[ids - 2]  # noqa: E731  (ids >= 2: values seen in train)
+    btag_vocab = data.vocab("hist.btag")
+    for split, rows in want.items():
+        sp = data.split(split)
+        assert len(sp) == len(rows)
+        np.testing.assert_array_equal(sp.column("label"), [c for *_, c in rows])
+        got = data.gather(split, np.arange(len(rows)), max_len=200)
+        f = {name: j for j, name in enumerate(data.spec.sparse)}
+        for i, (u, t, a, _, _) in enumerate(rows):
+            ids = got["sparse"][i]
+            if ids[f["adgroup_id"]] >= 2:                                  # the joined ad features
+                assert decode("adgroup_id", ids[f["adgroup_id"]]) == a
+                c, _, _, b, _ = ads[a]
+                assert decode("cate_id", ids[f["cate_id"]]) == c
+                assert ids[f["brand"]] == 1 or decode("brand", ids[f["brand"]]) == (-1 if b is None else b)
+            if ids[f["user_id"]] >= 2 and decode("user_id", ids[f["user_id"]]) == 1 and ids[f["pvalue_level"]] >= 2:
+                assert decode("pvalue_level", ids[f["pvalue_level"]]) == -1       # no profile: -1
+            earlier = sorted((bt, b) for bu, bt, b, _, _ in behaviors if bu == u and bt < t)
+            mask = got["hist_time"][i] > 0
+            assert list(got["hist_time"][i][mask]) == [e[0] for e in earlier]
+            tags = btag_vocab.values[got["hist"][i][mask][:, 2] - 2]
+            assert sorted(tags.tolist()) == sorted({"pv": 1, "cart": 2, "fav": 3, "buy": 4}[b] for _, b in earlier)
+
+
+def test_taobao_bad_click_names_file_row_and_field(tmp_path):
+    raw = tmp_path / "taobao"
+    raw.mkdir()
+    (raw / "raw_sample.csv").write_text("user,time_stamp,adgroup_id,pid,nonclk,clk\n1,1494000000,1,p,1,0\n"
+                                        "2,1494000001,1,p,0,2\n")
+    headers = {"ad_feature.csv": "adgroup_id,cate_id,campaign_id,customer,brand,price",
+               "user_profile.csv": "userid,cms_segid", "behavior_log.csv": "user,time_stamp,btag,cate,brand"}
+    for f, header in headers.items():
+        (raw / f).write_text(header + "\n")
+    with pytest.raises(ValueError, match=r"raw_sample.csv: row 3: field clk: 2 is not 0 or 1"):
+        catalog.prepare("taobao-ctr-v1", raw_dir=str(raw))

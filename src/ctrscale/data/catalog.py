@@ -1,6 +1,6 @@
 """Datasets known by name, prepared on first use into $CTRSCALE_HOME/prepared/<name> (default ~/.cache/ctrscale).
 
-Raw MovieLens files are looked up in `raw_dir`, else $CTRSCALE_DATA/<folder>, else ../shared/data/<folder>
+Raw files (MovieLens, Taobao) are looked up in `raw_dir`, else $CTRSCALE_DATA/<folder>, else ../shared/data/<folder>
 relative to the working directory (where the project's shared data lies beside a checkout)."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 from .dataset import PreparedDataset
 
 RAW_FOLDERS = {"ml100k-ctr-v1": "ml-100k", "ml1m-u2999-ctr-v1": "ml-1m-u2999", "ml1m-ctr-v1": "ml-1m",
-               "ml20m-ctr-v1": "ml-20m"}
+               "ml20m-ctr-v1": "ml-20m", "taobao-ctr-v1": "taobao"}
 NAMES = ("synthetic", *RAW_FOLDERS)
 
 
@@ -40,6 +40,11 @@ def prepare(name: str, raw_dir: str | None = None, out: str | Path | None = None
         suffix = "-".join(f"{k}{v}" for k, v in sorted(options.items()))
         out = Path(out) if out else home() / "prepared" / ("synthetic" + (f"-{suffix}" if suffix else ""))
         return out, prepare_synthetic(out, force=force, **options)
+    if name == "taobao-ctr-v1":
+        from .taobao import prepare_taobao
+        suffix = "".join(f"-{k}{v}" for k, v in sorted(options.items()))
+        out = Path(out) if out else home() / "prepared" / (name + suffix)
+        return out, prepare_taobao(find_raw(name, raw_dir), out, force=force, **options)
     if name in RAW_FOLDERS:
         if options:
             raise ValueError(f"{name} takes no options, got {sorted(options)}")
