@@ -1,6 +1,8 @@
 """Preparers of public dataset formats, on small files the tests write in each format."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -155,3 +157,59 @@ def test_taobao_bad_click_names_file_row_and_field(tmp_path):
         (raw / f).write_text(header + "\n")
     with pytest.raises(ValueError, match=r"raw_sample.csv: row 3: field clk: 2 is not 0 or 1"):
         catalog.prepare("taobao-ctr-v1", raw_dir=str(raw))
+
+
+def test_amazon_reviews_format(tmp_path):
+    """The 2014 release: gzipped JSON reviews and metadata written as Python literals (single quotes)."""
+    import gzip
+    rng = np.random.default_rng(3)
+    asins = [f"B00{i:05d}" for i in range(15)]
+    reviews = [(f"A{u}X", str(rng.choice(asins)), int(rng.integers(1, 6)), 1_300_000_000 + 86400 * int(d))
+               for u in range(20) for d in sorted(rng.integers(0, 400, 8))]
+    raw = tmp_path / "amazon"
+    raw.mkdir()
+    with gzip.open(raw / "reviews_Toys_5.json.gz", "wt") as f:
+        for u, a, r, t in reviews:
+            f.write(json.dumps({"reviewerID": u, "asin": a, "reviewerName": "x", "helpful": [0, 0],
+                                "reviewText": "ok", "overall": float(r), "summary": "s", "unixReviewTime": t,
+                                "reviewTime": "01 1, 2011"}) + "\n")
+    with gzip.open(raw / "meta_Toys.json.gz", "wt") as f:
+        for i, a in enumerate(asins[:-1]):                                  # the last item has no metadata
+            brand = f", 'brand': 'Brand{i % 3}'" if i % 4 else ""
+            f.write(f"{{'asin': '{a}', 'categories': [['Toys', 'Sub{i % 5}']], 'price': {i + 0.5}{brand}}}\n")
+    path, _ = catalog.prepare("amazon-ctr-v1", raw_dir=str(raw))
+    data = PreparedDataset(path)
+    splits = ("train", "valid", "test")
+    label = np.concatenate([data.split(s).column("label") for s in splits])
+    assert len(label) == 2 * len(reviews) and label.sum() == len(reviews)
+    item, cat = data.vocab("item_id"), data.vocab("category")
+    f = {name: j for j, name in enumerate(data.spec.sparse)}
+    for s in splits:
+        n = len(data.split(s))
+        got = data.gather(s, np.arange(n), max_len=64)
+        for i in range(n):
+            ids = got["sparse"][i]
+            u = data.vocab("user_id").values[ids[f["user_id"]] - 2] if ids[f["user_id"]] >= 2 else None
+            t = int(data.split(s).column("time")[i])
+            if u is None:
+                continue
+            earlier = sorted((rt, a) for ru, a, _, rt in reviews if ru == u and rt < t)
+            mask = got["hist_time"][i] > 0
+            assert list(got["hist_time"][i][mask]) == [e[0] for e in earlier]   # only reviews, never negatives
+            assert list(item.values[got["hist"][i][mask][:, 0] - 2]) == [e[1] for e in earlier]
+    # each request (a user on a day, across splits) holds that day's reviews and as many negatives
+    req = np.concatenate([data.split(s).column("request") for s in splits])
+    per_request = np.bincount(req, minlength=req.max() + 1)
+    positives = np.bincount(req, weights=label, minlength=req.max() + 1)
+    assert np.array_equal(per_request[per_request > 0], 2 * positives[per_request > 0])
+    items_all = np.concatenate([data.split(s).column("sparse")[:, f["item_id"]] for s in splits])
+    pairs = np.flatnonzero(per_request == 2)                          # one review and its negative
+    for r in pairs[:100]:
+        a, b = items_all[req == r]
+        assert a != b
+    # metadata: category = last level of the first path ("" without metadata)
+    sub = {a: f"Sub{i % 5}" for i, a in enumerate(asins[:-1])}
+    rows = data.split("train").column("sparse")
+    for r in rows[:80]:
+        if r[f["item_id"]] >= 2 and r[f["category"]] >= 2:
+            assert cat.values[r[f["category"]] - 2] == sub.get(item.values[r[f["item_id"]] - 2], "")

@@ -10,7 +10,7 @@ from pathlib import Path
 from .dataset import PreparedDataset
 
 RAW_FOLDERS = {"ml100k-ctr-v1": "ml-100k", "ml1m-u2999-ctr-v1": "ml-1m-u2999", "ml1m-ctr-v1": "ml-1m",
-               "ml20m-ctr-v1": "ml-20m", "taobao-ctr-v1": "taobao"}
+               "ml20m-ctr-v1": "ml-20m", "taobao-ctr-v1": "taobao", "amazon-ctr-v1": "amazon"}
 NAMES = ("synthetic", *RAW_FOLDERS)
 
 
@@ -40,11 +40,13 @@ def prepare(name: str, raw_dir: str | None = None, out: str | Path | None = None
         suffix = "-".join(f"{k}{v}" for k, v in sorted(options.items()))
         out = Path(out) if out else home() / "prepared" / ("synthetic" + (f"-{suffix}" if suffix else ""))
         return out, prepare_synthetic(out, force=force, **options)
-    if name == "taobao-ctr-v1":
+    if name in ("taobao-ctr-v1", "amazon-ctr-v1"):
+        from .amazon import prepare_amazon
         from .taobao import prepare_taobao
         suffix = "".join(f"-{k}{v}" for k, v in sorted(options.items()))
         out = Path(out) if out else home() / "prepared" / (name + suffix)
-        return out, prepare_taobao(find_raw(name, raw_dir), out, force=force, **options)
+        preparer = prepare_taobao if name == "taobao-ctr-v1" else prepare_amazon
+        return out, preparer(find_raw(name, raw_dir), out, force=force, **options)
     if name in RAW_FOLDERS:
         if options:
             raise ValueError(f"{name} takes no options, got {sorted(options)}")
