@@ -49,11 +49,11 @@ def runs(tmp_path_factory):
     """The same run in one process, in two (gloo), and two processes stopped mid-run then resumed in one."""
     import os
     home = tmp_path_factory.mktemp("home")
-    os.environ["CTRSCALE_HOME"] = str(home)           # prepared once here, read by every process below
-    catalog.prepare("synthetic", impressions=20000, n_users=1500, n_items=400)
+    os.environ["CTRSCALE_HOME"] = str(home)           # shared by every process below
     out = tmp_path_factory.mktemp("runs")
+    _torchrun(["train", "name=two", f"out_dir={out}", *COMMON])   # rank 0 prepares the data, rank 1 waits for it
+    assert catalog.prepare("synthetic", impressions=20000, n_users=1500, n_items=400)[1] is None
     assert main(["train", "name=one", f"out_dir={out}", *COMMON]) == 0
-    _torchrun(["train", "name=two", f"out_dir={out}", *COMMON])
     _torchrun(["train", "name=moved", f"out_dir={out}", *COMMON, "train.max_steps=25"])
     assert not (out / "moved" / "results.json").exists()
     assert main(["train", "--resume", "name=moved", f"out_dir={out}", *COMMON]) == 0

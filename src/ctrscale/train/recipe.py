@@ -230,7 +230,11 @@ def fit(cfg: RunConfig, resume: bool = False) -> dict:
     device = resolve_device(cfg.train.device, world)
     if device.type == "cpu":
         keep_freed_memory()
+    if not main:
+        world.barrier()  # rank 0 prepares the dataset (if it must) before the others open it
     data = open_dataset(cfg.data.name, cfg.data.path, cfg.data.raw_dir, cfg.data.options)
+    if main:
+        world.barrier()
     max_len = cfg.data.max_len or data.spec.max_len
     torch.manual_seed(cfg.train.seed)
     random.seed(cfg.train.seed)
