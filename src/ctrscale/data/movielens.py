@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..schema import load_schema
-from .prepare import request_ids, time_split, write_prepared
+from .prepare import join_by_key, request_ids, time_split, write_prepared
 from .store import fingerprint, is_prepared
 
 ML1M_GENRES = ["Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
@@ -148,10 +148,9 @@ def prepare_movielens(name: str, raw_dir: str | Path, out: str | Path, force: bo
                           hist_end=hist_end, content_raw=content)
 
 
+
 def _item_table(items: dict, ids: np.ndarray) -> np.ndarray:
-    """(N, 2) genre and decade of each item id (0, 0 for an item the movie file does not list), vectorised."""
+    """(N, 2) genre and decade of each item id (0, 0 for an item the movie file does not list)."""
     keys = np.array(sorted(items), dtype=np.int64)
     table = np.array([items[k] for k in keys.tolist()], dtype=np.int64).reshape(-1, 2)
-    pos = np.clip(np.searchsorted(keys, ids), 0, max(len(keys) - 1, 0))
-    found = (keys[pos] == ids) if len(keys) else np.zeros(len(ids), bool)
-    return np.where(found[:, None], table[pos] if len(keys) else 0, 0)
+    return join_by_key(keys, table, ids, missing=0)

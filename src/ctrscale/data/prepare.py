@@ -96,3 +96,17 @@ def request_ids(user: np.ndarray, time: np.ndarray) -> np.ndarray:
     """A request = the impressions of one user at one moment."""
     _, inv = np.unique(np.stack([user.astype(np.int64), time.astype(np.int64)], 1), axis=0, return_inverse=True)
     return inv.ravel().astype(np.int64)
+
+
+def join_by_key(keys: np.ndarray, values: np.ndarray, wanted: np.ndarray, missing=-1) -> np.ndarray:
+    """values[row of keys == wanted] for each wanted key, `missing` where it is absent (a vectorised join;
+    values may be (K,) or (K, C))."""
+    values = np.asarray(values)
+    order = np.argsort(keys, kind="stable")
+    k, v = np.asarray(keys)[order], values[order]
+    out_shape = (len(wanted), *values.shape[1:])
+    if not len(k):
+        return np.full(out_shape, missing, dtype=values.dtype)
+    pos = np.clip(np.searchsorted(k, wanted), 0, len(k) - 1)
+    hit = (k[pos] == wanted).reshape(-1, *([1] * (values.ndim - 1)))
+    return np.where(hit, v[pos], missing)

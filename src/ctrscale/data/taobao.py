@@ -26,7 +26,7 @@ from pyarrow import csv
 
 from ..schema import load_schema
 from .movielens import schema_path
-from .prepare import request_ids, write_prepared
+from .prepare import join_by_key, request_ids, write_prepared
 from .store import fingerprint, is_prepared
 
 FILES = ("raw_sample.csv", "ad_feature.csv", "user_profile.csv", "behavior_log.csv")
@@ -51,16 +51,6 @@ def _ints(table, name: str, path: Path) -> np.ndarray:
         bad = next(i for i, v in enumerate(values) if v is not None and not str(v).lstrip("-").isdigit())
         raise ValueError(f"{path}: row {bad + 2}: field {name}: not an integer: {values[bad]!r}")
     return pc.fill_null(col.cast("int64"), -1).to_numpy()
-
-
-def _lookup(keys: np.ndarray, values: np.ndarray, wanted: np.ndarray, missing=-1) -> np.ndarray:
-    """values[row of keys == wanted], `missing` where the key is absent (a vectorised join)."""
-    order = np.argsort(keys, kind="stable")
-    k, v = keys[order], values[order]
-    if not len(k):
-        return np.full(len(wanted), missing, dtype=np.asarray(values).dtype)
-    pos = np.clip(np.searchsorted(k, wanted), 0, len(k) - 1)
-    return np.where(k[pos] == wanted, v[pos], missing)
 
 
 def _behaviors(path: Path, users: np.ndarray, since: int) -> dict[str, np.ndarray]:
@@ -123,14 +113,14 @@ def prepare_taobao(raw_dir: str | Path, out: str | Path, force: bool = False, lo
             "weekday": (day + 3) % 7,  # 1970-01-01 was a Thursday; Monday = 0
             "label": clk.astype(np.float32), "time": ts, "user": user, "request": request_ids(user, ts)}
     for c in AD:
-        rows[c] = _lookup(ad_keys, _ints(ads, c, ads_path), ad)
+        rows[c] = join_by_key(ad_keys, _ints(ads, c, ads_path), ad)
     price = pc.fill_null(ads["price"].cast("float64"), 0.0).to_numpy()
-    rows["price"] = np.log1p(_lookup(ad_keys, price, ad, missing=0.0))  # log price (heavy tail); unknown: 0
+    rows["price"] = np.log1p(join_by_key(ad_keys, price, ad, missing=0.0))  # log price (heavy tail); unknown: 0
     prof_path = raw_dir / "user_profile.csv"
     prof = _table(prof_path)
     prof_keys = _ints(prof, "userid", prof_path)
     for c in PROFILE:
-        rows[c] = _lookup(prof_keys, _ints(prof, c, prof_path), user)
+        rows[c] = join_by_key(prof_keys, _ints(prof, c, prof_path), user)
 
     since = int(ts.min()) - log_days * 86400 if log_days > 0 else 0
     log = _behaviors(raw_dir / "behavior_log.csv", np.unique(user), since)
