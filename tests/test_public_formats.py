@@ -213,3 +213,81 @@ def test_amazon_reviews_format(tmp_path):
     for r in rows[:80]:
         if r[f["item_id"]] >= 2 and r[f["category"]] >= 2:
             assert cat.values[r[f["category"]] - 2] == sub.get(item.values[r[f["item_id"]] - 2], "")
+
+
+def _eleme_row(rng, u, t_field, hours, items, history):
+    """One row of the 39 Ele.me columns; history = [(item, shop, category, brand, time_type, gap seconds)]
+    written newest first (the preparer orders by time whatever the written order)."""
+    item = int(rng.choice(items))
+    lists = {k: ";".join(str(h[j]) for h in history) for j, k in enumerate(
+        ("item_id_list", "shop_id_list", "category_1_id_list", "brand_id_list", "time_type_list", "timediff_list"))}
+    n = len(history)
+    filler = ";".join(["x"] * n)
+    return [int(rng.random() < 0.3), f"u{u}", u % 3, "c1", f"{10.5 + u:.1f}", u % 2, "0.1", "3", "", f"s{item % 4}",
+            f"i{item}", "c1", "d2", "-1", "g6", "g12", f"b{item % 3}", f"k{item % 5}", "f1", "5", "", "7",
+            lists["shop_id_list"], lists["item_id_list"], lists["category_1_id_list"], filler,
+            lists["brand_id_list"], ";".join(["9.5"] * n), filler, filler, lists["timediff_list"], filler,
+            lists["time_type_list"], filler, t_field, hours, "lunch", 3, "gh"]
+
+
+def test_eleme_format(tmp_path):
+    """Headerless CSV files with inline ';'-separated histories; `times` as unix seconds in one file and as a day
+    YYYYMMDD (+ hours) in a gzipped other; empty histories; lists written newest first."""
+    import csv
+    import gzip
+    rng = np.random.default_rng(4)
+    day0 = 1_600_041_600                                                   # 2020-09-14 00:00 UTC
+    raw = tmp_path / "eleme"
+    raw.mkdir()
+    expected = []                                                          # (time, user, item, label, history)
+    for name, as_day in (("D1_0.csv", False), ("D2_0.csv.gz", True)):
+        rows = []
+        for u in range(12):
+            for d in range(2) if not as_day else range(2, 4):
+                hour = int(rng.integers(0, 24))
+                t = day0 + d * 86400 + hour * 3600
+                history = [(f"i{int(rng.integers(0, 9))}", f"s{k % 4}", f"k{k % 5}", f"b{k % 3}",
+                            str(rng.choice(["tea", "dinner"])), int(rng.integers(60, 10**6)))
+                           for k in range(int(rng.integers(0, 6)))]
+                history.sort(key=lambda h: h[5])                           # newest (smallest gap) first
+                times = f"{20200914 + d}" if as_day else str(t)
+                row = _eleme_row(rng, u, times, hour, range(9), history)
+                rows.append(row)
+                expected.append((t, f"u{u}", row[10], row[0], sorted((t - h[5], h[0]) for h in history)))
+        opener = gzip.open if as_day else open
+        with opener(raw / name, "wt", newline="") as f:
+            csv.writer(f).writerows(rows)
+    path, _ = catalog.prepare("eleme-ctr-v1", raw_dir=str(raw))
+    data = PreparedDataset(path)
+    assert data.spec.hist == ("item_id", "shop_id", "category_1_id", "brand_id", "time_type")
+    assert "rank_30" in data.spec.dense and "geohash12" in data.spec.sparse
+    expected.sort(key=lambda e: (e[0], e[1], e[2]))
+    days = [(e[0] - day0) // 86400 for e in expected]
+    item = data.vocab("item_id")
+    for s, want_days in (("train", (0, 1)), ("valid", (2,)), ("test", (3,))):
+        rows = [e for e, d in zip(expected, days) if d in want_days]
+        sp = data.split(s)
+        assert len(sp) == len(rows)
+        np.testing.assert_array_equal(sp.column("label"), [e[3] for e in rows])
+        np.testing.assert_array_equal(sp.column("time"), [e[0] for e in rows])
+        got = data.gather(s, np.arange(len(rows)), max_len=16)
+        for i, (_, _, _, _, history) in enumerate(rows):
+            mask = got["hist_time"][i] > 0
+            assert list(got["hist_time"][i][mask]) == [h[0] for h in history]
+            ids = got["hist"][i][mask][:, 0]
+            assert [item.values[j - 2] if j >= 2 else None for j in ids] == \
+                [h[1] if h[1] in set(item.values) else None for h in history]
+
+
+def test_eleme_unequal_history_lists_name_file_row_and_field(tmp_path):
+    import csv
+    rng = np.random.default_rng(5)
+    raw = tmp_path / "eleme"
+    raw.mkdir()
+    rows = [_eleme_row(rng, u, str(1_600_041_600 + 86400 * u), 1, range(3), [("i1", "s1", "k1", "b1", "tea", 60)])
+            for u in range(3)]
+    rows[1][24] = "k1;k2"                                                  # category_1_id_list: 2 values, not 1
+    with open(raw / "D1_0.csv", "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    with pytest.raises(ValueError, match=r"D1_0.csv: row 2: field category_1_id_list: 2 values where item_id_list"):
+        catalog.prepare("eleme-ctr-v1", raw_dir=str(raw))

@@ -1,7 +1,7 @@
 """Datasets known by name, prepared on first use into $CTRSCALE_HOME/prepared/<name> (default ~/.cache/ctrscale).
 
-Raw files (MovieLens, Taobao) are looked up in `raw_dir`, else $CTRSCALE_DATA/<folder>, else ../shared/data/<folder>
-relative to the working directory (where the project's shared data lies beside a checkout)."""
+Raw files (MovieLens, Taobao, Amazon, Ele.me) are looked up in `raw_dir`, else $CTRSCALE_DATA/<folder>, else
+../shared/data/<folder> relative to the working directory (where the project's shared data lies beside a checkout)."""
 from __future__ import annotations
 
 import os
@@ -10,7 +10,8 @@ from pathlib import Path
 from .dataset import PreparedDataset
 
 RAW_FOLDERS = {"ml100k-ctr-v1": "ml-100k", "ml1m-u2999-ctr-v1": "ml-1m-u2999", "ml1m-ctr-v1": "ml-1m",
-               "ml20m-ctr-v1": "ml-20m", "taobao-ctr-v1": "taobao", "amazon-ctr-v1": "amazon"}
+               "ml20m-ctr-v1": "ml-20m", "taobao-ctr-v1": "taobao", "amazon-ctr-v1": "amazon",
+               "eleme-ctr-v1": "eleme"}
 NAMES = ("synthetic", *RAW_FOLDERS)
 
 
@@ -40,12 +41,14 @@ def prepare(name: str, raw_dir: str | None = None, out: str | Path | None = None
         suffix = "-".join(f"{k}{v}" for k, v in sorted(options.items()))
         out = Path(out) if out else home() / "prepared" / ("synthetic" + (f"-{suffix}" if suffix else ""))
         return out, prepare_synthetic(out, force=force, **options)
-    if name in ("taobao-ctr-v1", "amazon-ctr-v1"):
+    if name in ("taobao-ctr-v1", "amazon-ctr-v1", "eleme-ctr-v1"):
         from .amazon import prepare_amazon
+        from .eleme import prepare_eleme
         from .taobao import prepare_taobao
         suffix = "".join(f"-{k}{v}" for k, v in sorted(options.items()))
         out = Path(out) if out else home() / "prepared" / (name + suffix)
-        preparer = prepare_taobao if name == "taobao-ctr-v1" else prepare_amazon
+        preparer = {"taobao-ctr-v1": prepare_taobao, "amazon-ctr-v1": prepare_amazon,
+                    "eleme-ctr-v1": prepare_eleme}[name]
         return out, preparer(find_raw(name, raw_dir), out, force=force, **options)
     if name in RAW_FOLDERS:
         if options:
