@@ -42,6 +42,8 @@ def count_params(model: nn.Module) -> dict[str, int]:
         key = "frozen" if not p.requires_grad else "embedding" if is_embedding_param(name) else "dense"
         out[key] += p.numel()
     out["frozen"] += sum(b.numel() for n, b in model.named_buffers() if n.endswith("content"))
+    from .train.sharding import shards_of  # a row-sharded table counts whole, not this rank's rows
+    out["embedding"] += sum(s.num_embeddings * s.embedding_dim - s.weight.numel() for s in shards_of(model))
     return out
 
 

@@ -43,9 +43,13 @@ def cmd_prepare(args) -> int:
 
 def cmd_train(args) -> int:
     from .train.config import load_config
+    from .train.distributed import close_world
     from .train.recipe import fit
     cfg = load_config(args.config, args.overrides)
-    res = fit(cfg, resume=args.resume)
+    try:
+        res = fit(cfg, resume=args.resume)
+    finally:
+        close_world()  # under torchrun: leave no collective thread running at exit
     if "test" in res:
         t = res["test"]
         print(f"{cfg.name}: best epoch {res['best_epoch']}; test AUC {t['auc']:.4f} GAUC {t.get('gauc', 0):.4f} "

@@ -59,6 +59,9 @@ class TrainSection:
     sparse_reset: bool = False       # multi-epoch "asynchronous" training: embedding tables (and their optimizer
                                      # state) back to their pre-training snapshot at every later epoch (sparse.py)
     sparse_init: str | None = None   # warm-start the embedding tables from an earlier run's best.pt (or a .pt)
+    embedding_sharding: str = "replicated"  # under torchrun: replicated (every rank holds every table) | row
+                                            # (each table's rows spread over the ranks; train/sharding.py)
+    shard_min_rows: int = 1024       # row sharding: tables with fewer rows stay replicated
 
 
 @dataclass

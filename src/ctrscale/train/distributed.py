@@ -26,6 +26,7 @@ class World:
     rank: int = 0
     size: int = 1
     local_rank: int = 0
+    device: str = "cpu"   # where collectives' tensors live: cuda under NCCL
 
     @property
     def is_main(self) -> bool:
@@ -43,7 +44,7 @@ class World:
         """The sum of a number over the ranks (one small all-reduce)."""
         if not self.distributed:
             return value
-        t = torch.tensor([float(value)], dtype=torch.float64)
+        t = torch.tensor([float(value)], dtype=torch.float64, device=self.device)
         dist.all_reduce(t)
         return float(t.item())
 
@@ -67,7 +68,13 @@ def init_world(device_name: str = "auto") -> World:
         dist.init_process_group("nccl" if use_cuda else "gloo")
     if use_cuda:
         torch.cuda.set_device(local)
-    return World(rank, size, local)
+    return World(rank, size, local, "cuda" if use_cuda else "cpu")
+
+
+def close_world() -> None:
+    if dist.is_initialized():
+        dist.barrier()  # no rank tears its connections down while another still uses them
+        dist.destroy_process_group()
 
 
 def shard(rows: np.ndarray, world: World, requests: np.ndarray | None = None) -> np.ndarray:

@@ -33,6 +33,7 @@ from ..typed import ConfigError
 from . import sparse
 from .config import RunConfig, save_config
 from .distributed import World, init_world
+from .sharding import clip_gradients, full_optimizer_state, full_state, load_optimizer_state, shard_tables, shards_of
 
 
 def resolve_device(name: str, world: World | None = None) -> torch.device:
@@ -104,13 +105,18 @@ def predict(model: nn.Module, data, split: str, max_len: int, batch_size: int, d
     loader = Loader(data, split, LoaderConfig(batch_size=batch_size, max_len=max_len, shuffle=False,
                                               num_workers=num_workers, length_window=16, listwise=listwise,
                                               max_tokens=batch_size * 64, cand_seq=candidate_sequence(model)))
-    plan = loader.plan(0)[world.rank::world.size]
+    everything = loader.plan(0)
+    plan = everything[world.rank::world.size]
+    # sharded tables look rows up with collectives: every rank scores as many batches (extras discarded)
+    extra = -(-len(everything) // world.size) - len(plan) if world.distributed and shards_of(model) else 0
     rows = np.concatenate(plan) if plan else np.zeros(0, np.int64)
     probs, labels, users = [], [], []
-    for batch in loader.batches(plan):
+    for i, batch in enumerate(loader.batches(plan + everything[:1] * extra)):
         batch = batch.to(device)
         with autocast_for(device, precision):
             logits = model.score_request(batch)[batch.mask] if listwise else model(batch)
+        if i >= len(plan):
+            continue
         if listwise:
             batch = batch.flat()
         probs.append(torch.sigmoid(logits.float()).cpu())
@@ -241,6 +247,7 @@ def fit(cfg: RunConfig, resume: bool = False) -> dict:
     model = build_model(data.spec, cfg.model, content=data.content()).to(device)
     step_loss = Objective(model, cfg, data.spec, max_len, device, data.content())
     trainable = step_loss.trainable  # the model, or the student and its teacher together
+    shards = _shard_embeddings(cfg, step_loss, world)
     engine = step_loss
     if world.distributed:  # gradients averaged over ranks; find_unused: not every model touches every parameter
         engine = nn.parallel.DistributedDataParallel(step_loss, device_ids=[device.index] if device.type == "cuda"
@@ -267,7 +274,7 @@ def fit(cfg: RunConfig, resume: bool = False) -> dict:
     if resume and last.exists():
         ck = torch.load(last, weights_only=False)
         trainable.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optim"])
+        load_optimizer_state(opt, ck["optim"], shards)
         sched.load_state_dict(ck["sched"])
         _set_rng_state(ck["rng"])
         st = ck["state"]
@@ -288,11 +295,12 @@ def fit(cfg: RunConfig, resume: bool = False) -> dict:
                                                            indent=1))
     log = MetricLog(run_dir, st["step"]) if main else NullLog()
 
-    def checkpoint():
-        if not main:
-            return
-        atomic_save({"model": trainable.state_dict(), "optim": opt.state_dict(), "sched": sched.state_dict(),
-                     "rng": _rng_state(), "state": st, "config": cfg.to_dict()}, last)
+    def checkpoint():  # called on every rank: gathering sharded tables is collective
+        model_state = full_state(trainable) if shards else trainable.state_dict()
+        optim_state = full_optimizer_state(opt, shards) if shards else opt.state_dict()
+        if main:
+            atomic_save({"model": model_state, "optim": optim_state, "sched": sched.state_dict(),
+                         "rng": _rng_state(), "state": st, "config": cfg.to_dict()}, last)
 
     steps_this_process = 0
     trainable.train()
@@ -312,7 +320,9 @@ def fit(cfg: RunConfig, resume: bool = False) -> dict:
             # this rank's share of the global batch: DDP's mean over ranks then equals the whole batch's mean
             share = n_local * world.size / world.sum(n_local) if world.distributed else 1.0
             loss = accumulate_gradients(engine, batch, cfg.train.grad_accum, autocast, share)
-            if cfg.optim.grad_clip > 0:
+            if cfg.optim.grad_clip > 0 and shards:
+                clip_gradients(trainable.parameters(), cfg.optim.grad_clip, shards)
+            elif cfg.optim.grad_clip > 0:
                 nn.utils.clip_grad_norm_(trainable.parameters(), cfg.optim.grad_clip)
             opt.step()
             sched.step()
@@ -349,8 +359,9 @@ def fit(cfg: RunConfig, resume: bool = False) -> dict:
         score = m[cfg.train.early_stop_metric]
         if score > st["best"]:
             st.update(best=score, best_epoch=epoch + 1, bad_epochs=0)
+            best_state = full_state(model) if shards else model.state_dict()
             if main:
-                atomic_save(model.state_dict(), run_dir / "best.pt")
+                atomic_save(best_state, run_dir / "best.pt")
         else:
             st["bad_epochs"] += 1
         st["epoch"] += 1
@@ -364,15 +375,39 @@ def fit(cfg: RunConfig, resume: bool = False) -> dict:
     log.close()
     world.barrier()  # best.pt is written by rank 0
     results = finish(cfg, model, data, max_len, device, st, train_loader, world)
+    if shards:
+        mine = {id(s.weight) for s in shards}
+        results["row_sharded"] = {"world": world.size, "tables": [n.removesuffix(".weight") for n, p in
+                                                                  trainable.named_parameters() if id(p) in mine]}
     if step_loss.teacher is not None:  # kept for inspection; the student in best.pt serves alone
+        teacher_state = full_state(step_loss.teacher) if shards else step_loss.teacher.state_dict()
         if main:
-            atomic_save(step_loss.teacher.state_dict(), run_dir / "teacher.pt")
+            atomic_save(teacher_state, run_dir / "teacher.pt")
         results["teacher_test"] = evaluate(step_loss.teacher, data, "test", step_loss.load_len,
                                            cfg.data.eval_batch_size, device, cfg.train.precision, world)
     if main:
         (run_dir / "results.json").write_text(json.dumps(results, indent=1))
     world.barrier()
     return results
+
+
+def _shard_embeddings(cfg: RunConfig, step_loss: "Objective", world: World) -> list:
+    """train.embedding_sharding=row under torchrun: the large tables row-sharded over the ranks, kept out of DDP's
+    gradient averaging (their exchange delivers the gradients); [] when tables stay replicated."""
+    mode = cfg.train.embedding_sharding
+    if mode not in ("replicated", "row"):
+        raise ConfigError(f"train.embedding_sharding: {mode!r} is not one of replicated, row")
+    if mode == "replicated" or not world.distributed:
+        return []
+    if cfg.train.sparse_reset or cfg.train.sparse_init:
+        raise ConfigError("train.sparse_reset and train.sparse_init work on whole tables: use "
+                          "train.embedding_sharding=replicated with them")
+    shards = shard_tables(step_loss.trainable, world.rank, world.size, cfg.train.shard_min_rows)
+    mine = {id(s.weight) for s in shards}
+    nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+        step_loss, [n for n, p in step_loss.named_parameters() if id(p) in mine])
+    step_loss.sharded = bool(shards)
+    return shards
 
 
 def accumulate_gradients(engine, batch, parts: int, autocast, share: float = 1.0) -> Tensor:
@@ -429,10 +464,17 @@ class Objective(nn.Module):
             self.load_len = max(max_len, self.dist.teacher_max_len or max_len)
         self.trainable = nn.ModuleDict({"student": model, "teacher": self.teacher}) if self.teacher is not None \
             else model
+        self.sharded, self.standin = False, None   # row-sharded tables; a batch to run when a rank has none
 
     def forward(self, batch) -> Tensor:
+        if batch is None and self.sharded:  # sharded lookups are collectives: run them on a stand-in, weight 0
+            if self.standin is None:
+                raise RuntimeError("a rank got no rows in its first step; use fewer ranks or a larger batch")
+            return self.forward(self.standin) * 0.0
         if batch is None:  # a rank with nothing in this step: zero gradients, still part of the reduction
             return sum(p.sum() for p in self.parameters()) * 0.0
+        if self.sharded and self.standin is None:
+            self.standin = batch
         if self.listwise:  # BCE over every real candidate of every request
             logits = self.model.score_request(batch)
             return nn.functional.binary_cross_entropy_with_logits(logits[batch.mask].float(), batch.label[batch.mask])
@@ -464,8 +506,20 @@ def finish(cfg, model, data, max_len, device, st, train_loader, world: World | N
             "train_flops_per_impression": training_flops_per_impression(model, sample),
             "train_impressions": int(train_loader.n),  # the training set used (after data.train_fraction)
             "train_impressions_per_s": st["impressions"] / st["train_seconds"] if st["train_seconds"] else None,
-            "train_seconds": st["train_seconds"], "config": cfg.to_dict(),
+            "train_seconds": st["train_seconds"], "peak_rss_mib": world.gather(peak_rss_mib()),  # per rank
+            "embedding_params_held": world.gather(sum(p.numel() for n, p in model.named_parameters()
+                                                      if is_embedding_param(n))),  # per rank: less when sharded
+            "config": cfg.to_dict(),
             "distilled_from": cfg.distill.teacher if cfg.distill else None}
+
+
+def peak_rss_mib() -> float | None:
+    """This process's peak resident memory (VmHWM; Linux), None elsewhere."""
+    try:
+        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return None
+    return int(line.split()[1]) / 1024
 
 
 def _progress(cfg, total, initial, desc):
