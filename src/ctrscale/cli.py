@@ -112,11 +112,13 @@ def parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("data", help="data preparation").add_subparsers(dest="data_cmd", required=True)
     s = d.add_parser("prepare", help="prepare a named dataset, or any CSV/Parquet described by a schema")
-    s.add_argument("name", nargs="?", help="synthetic | ml100k-ctr-v1 | ml1m-u2999-ctr-v1")
+    s.add_argument("name", nargs="?", help="synthetic | ml100k-ctr-v1 | ml1m-u2999-ctr-v1 | ml1m-ctr-v1 | "
+                   "ml20m-ctr-v1 | taobao-ctr-v1 | amazon-ctr-v1 | eleme-ctr-v1")
     s.add_argument("--raw-dir")
     s.add_argument("--out")
     s.add_argument("--force", action="store_true", help="prepare again even if up to date")
-    s.add_argument("--option", action="append", help="preparer option key=value (synthetic sizes)")
+    s.add_argument("--option", action="append", help="preparer option key=value: synthetic sizes (impressions, "
+                   "n_users, n_items), taobao log_days, amazon negatives and seed, eleme timediff_seconds")
     s.add_argument("--schema", help="feature schema YAML for the generic preparer")
     s.add_argument("--input", nargs="+", help="CSV/Parquet files (generic preparer)")
     s.add_argument("--on-bad-row", choices=["error", "skip"], default="error")
