@@ -51,8 +51,9 @@ def main() -> None:
     from ctrscale.data import catalog
     rows = []
     for n in args.sizes:
-        path, _ = catalog.prepare("synthetic", impressions=n)
-        row = {"impressions": n}
+        users = max(20_000, n // 400)       # the generator needs more users past ~10M impressions
+        path, _ = catalog.prepare("synthetic", impressions=n, **({"n_users": users} if users > 20_000 else {}))
+        row = {"impressions": n, "n_users": users}
         for kind in ("memory", "stream"):
             out = subprocess.run([sys.executable, __file__, "--child", kind, str(path)], capture_output=True,
                                  text=True, check=True)
