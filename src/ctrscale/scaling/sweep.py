@@ -15,7 +15,8 @@ A sweep file (YAML):
 
 Each point trains in <out>/points/<id>-s<seed>/ (a normal run folder: resumable from last.pt) and, when it
 finishes, leaves point.json beside results.json; <out>/results.csv is rewritten from all finished points after
-each one. Running the sweep again runs only the missing points (an interrupted one resumes its checkpoint).
+each one. Running the sweep again runs only the missing points (an interrupted one resumes its checkpoint);
+a started point whose saved config differs from what the sweep gives now is refused, not reused.
 """
 from __future__ import annotations
 
@@ -129,6 +130,7 @@ def run_sweep(spec: SweepSpec, out: Path, parallel: int | None = None, progress:
     (out / "points").mkdir(parents=True, exist_ok=True)
     (out / "sweep.yaml").write_text(yaml.safe_dump(spec.__dict__, sort_keys=False))
     points = expand(spec)
+    check_unchanged(spec, points, out)
     todo = [p for p in points if not (out / "points" / p.folder / "point.json").exists()]
     # validate every config before the first run starts: a typo fails now, not hours later
     configs = {p.folder: (p, run_config(spec, p, out).to_dict()) for p in todo}
@@ -160,6 +162,49 @@ def run_sweep(spec: SweepSpec, out: Path, parallel: int | None = None, progress:
     if bar is not None:
         bar.close()
     return write_results(spec, out)
+
+
+# run-environment keys: a point may resume with other values and still be the same experiment
+_NOT_THE_EXPERIMENT = {"name", "out_dir", "train.threads", "train.progress", "train.device", "train.log_every",
+                       "train.checkpoint_every", "data.num_workers"}
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    """Dotted keys of the typed sections; the free-form model (and teacher) dicts stay whole values."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k not in ("model", "teacher"):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_drift(started: dict, now: dict) -> list[str]:
+    """Settings that differ between a point's saved run config and what the sweep asks now. A typed field only
+    one side has is skipped: a field added to the code later ran as its default."""
+    a, b = _flat(started), _flat(now)
+    drift = [f"{k}: {a[k]!r} -> {b[k]!r}" for k in sorted(a.keys() & b.keys())
+             if k not in _NOT_THE_EXPERIMENT and a[k] != b[k]]
+    # an optional section (distill) switched on or off
+    return drift + [f"{k}: {'set' if started.get(k) else 'none'} -> {'set' if now.get(k) else 'none'}"
+                    for k in sorted(started.keys() & now.keys()) if (started[k] is None) != (now[k] is None)]
+
+
+def check_unchanged(spec: SweepSpec, points: list[Point], out: Path) -> None:
+    """Refuse to mix experiments: a started or finished point whose saved config differs from the sweep's now
+    (an edited `base`, say) would otherwise be reused or resumed silently."""
+    changed = []
+    for p in points:
+        saved = out / "points" / p.folder / "config.yaml"
+        if saved.exists():
+            drift = config_drift(yaml.safe_load(saved.read_text()) or {}, run_config(spec, p, out).to_dict())
+            if drift:
+                changed.append(f"{p.folder} ({'; '.join(drift)})")
+    if changed:
+        raise ConfigError(f"sweep {spec.name}: {len(changed)} point(s) in {out / 'points'} ran under another "
+                          f"config than the sweep gives now, e.g. {changed[0]}. Run the changed sweep into a new "
+                          f"--out, or remove those point folders to run them again.")
 
 
 def _bar(total: int, done: int, progress: bool):
