@@ -42,6 +42,17 @@ def test_fits_recover_known_parameters_from_noisy_points(form, truth):
     assert need["interval"][0] <= need["x"] <= need["interval"][1]
 
 
+def test_an_auc_ceiling_is_bounded_by_one_and_a_fit_on_the_bound_says_so():
+    y = FORMS["ceiling"](X, [1.3, 0.9, 0.06])           # a law whose ceiling lies above a perfect AUC
+    free = fit_law("ceiling", X, y, n_boot=50)
+    assert free.params["E"] == pytest.approx(1.3, rel=1e-3) and not free.notes
+    bounded = fit_law("ceiling", X, y, n_boot=50, y_max=1.0)
+    assert bounded.params["E"] <= 1.0 and all(b[0] <= 1.0 for b in bounded.boot)
+    assert bounded.r2 > 0.9 and "bound 1" in bounded.notes[0]
+    inside = fit_law("ceiling", X, FORMS["ceiling"](X, [0.8, 0.5, 0.3]), n_boot=20, y_max=1.0)
+    assert inside.params["E"] == pytest.approx(0.8, rel=1e-4) and not inside.notes
+
+
 def test_holdout_predicts_the_largest_point_of_an_exact_law():
     y = FORMS["ceiling"](X, [0.8, 0.5, 0.3])
     out = holdout("ceiling", X, y + np.tile([-1e-5, 0.0, 1e-5], len(X) // 3), n_boot=50)

@@ -210,3 +210,23 @@ def test_planted_sequence_signal(data):
         assert ctr_match > 2.5 * ctr_other, (split, ctr_match, ctr_other)
         cos = (content[g["sparse"][:, item_col]] * content[g["hist"][:, -1, 0]]).sum(1)
         assert cos[y == 1].mean() > cos[y == 0].mean() + 0.1
+
+
+def _prepare_in_child(out: str) -> None:
+    from ctrscale.data import catalog
+    catalog.prepare("synthetic", out=out, impressions=3000, n_users=200, n_items=100)
+
+
+def test_processes_preparing_one_folder_at_once_take_turns(tmp_path):
+    """A parallel sweep's first points open the same unprepared dataset together: one prepares, the others wait
+    and find it prepared (without the lock they removed each other's half-written folders)."""
+    import multiprocessing as mp
+    ctx = mp.get_context("spawn")
+    out = tmp_path / "shared-synthetic"
+    procs = [ctx.Process(target=_prepare_in_child, args=(str(out),)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    assert len(PreparedDataset(out).split("train")) > 0

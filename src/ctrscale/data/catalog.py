@@ -5,6 +5,7 @@ Raw files (MovieLens, Taobao, Amazon, Ele.me) are looked up in `raw_dir`, else $
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 from .dataset import PreparedDataset
@@ -35,12 +36,15 @@ def find_raw(name: str, raw_dir: str | None = None) -> Path:
 
 def prepare(name: str, raw_dir: str | None = None, out: str | Path | None = None, force: bool = False,
             **options) -> tuple[Path, dict | None]:
-    """Prepare a named dataset (a no-op when already prepared); returns (prepared folder, report or None)."""
+    """Prepare a named dataset (a no-op when already prepared); returns (prepared folder, report or None).
+    Processes preparing the same folder at once (a parallel sweep's first points) take turns: the first prepares,
+    the others then find it prepared."""
     if name == "synthetic":
         from .synthetic import prepare_synthetic
         suffix = "-".join(f"{k}{v}" for k, v in sorted(options.items()))
         out = Path(out) if out else home() / "prepared" / ("synthetic" + (f"-{suffix}" if suffix else ""))
-        return out, prepare_synthetic(out, force=force, **options)
+        with _preparing(out):
+            return out, prepare_synthetic(out, force=force, **options)
     if name in ("taobao-ctr-v1", "amazon-ctr-v1", "eleme-ctr-v1"):
         from .amazon import prepare_amazon
         from .eleme import prepare_eleme
@@ -49,14 +53,33 @@ def prepare(name: str, raw_dir: str | None = None, out: str | Path | None = None
         out = Path(out) if out else home() / "prepared" / (name + suffix)
         preparer = {"taobao-ctr-v1": prepare_taobao, "amazon-ctr-v1": prepare_amazon,
                     "eleme-ctr-v1": prepare_eleme}[name]
-        return out, preparer(find_raw(name, raw_dir), out, force=force, **options)
+        with _preparing(out):
+            return out, preparer(find_raw(name, raw_dir), out, force=force, **options)
     if name in RAW_FOLDERS:
         if options:
             raise ValueError(f"{name} takes no options, got {sorted(options)}")
         from .movielens import prepare_movielens
         out = Path(out) if out else home() / "prepared" / name
-        return out, prepare_movielens(name, find_raw(name, raw_dir), out, force=force)
+        with _preparing(out):
+            return out, prepare_movielens(name, find_raw(name, raw_dir), out, force=force)
     raise KeyError(f"unknown dataset {name!r}; known: {NAMES} (or give a prepared folder as data.path)")
+
+
+@contextmanager
+def _preparing(out: Path):
+    """An exclusive lock on <out>.lock for the preparation (POSIX; elsewhere, no lock)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.with_name(out.name + ".lock"), "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def open_dataset(name: str | None = None, path: str | None = None, raw_dir: str | None = None,

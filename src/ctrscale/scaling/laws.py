@@ -64,6 +64,7 @@ class Fit:
     n_points: int                          # rows (seeds count separately)
     n_x: int                               # distinct x values
     boot: list[list[float]] = field(default_factory=list)   # bootstrap parameter draws (for bands, inversion)
+    notes: list[str] = field(default_factory=list)          # caveats the numbers need (a parameter on its bound)
 
     @property
     def law(self) -> Form:
@@ -83,11 +84,12 @@ class Fit:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Fit":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
-def _least_squares(form: Form, x: np.ndarray, y: np.ndarray, p0=None):
-    """(params, covariance) of one least-squares fit; RuntimeError when it does not converge."""
+def _least_squares(form: Form, x: np.ndarray, y: np.ndarray, p0=None, y_max: float | None = None):
+    """(params, covariance) of one least-squares fit; RuntimeError when it does not converge. `y_max` bounds the
+    ceiling E (1 for AUC: a law whose ceiling lies above a perfect ranking means nothing)."""
     if form.name == "power":
         lx, ly = np.log(x), np.log(y)
         (b, log_a), cov = np.polyfit(lx, ly, 1, cov="unscaled" if len(x) < 3 else True)
@@ -102,7 +104,9 @@ def _least_squares(form: Form, x: np.ndarray, y: np.ndarray, p0=None):
         if form.name == "ceiling_offset":
             p0.insert(2, 0.0)
     lo = [-np.inf, 0.0, 1e-4]
-    hi = [np.inf, np.inf, 10.0]
+    hi = [np.inf if y_max is None else y_max, np.inf, 10.0]
+    p0 = list(p0)
+    p0[0] = min(p0[0], hi[0] - 1e-9)
     if form.name == "ceiling_offset":
         lo.insert(2, -10 * x.max())
         hi.insert(2, x.min() * (1 - 1e-6))
@@ -131,7 +135,7 @@ def check_posed(form: Form, x: np.ndarray, y: np.ndarray) -> None:
         raise IllPosed("flat: the metric does not move with the axis (|Spearman rho| < 0.3)")
 
 
-def fit_law(form_name: str, x, y, n_boot: int = 500, seed: int = 0) -> Fit:
+def fit_law(form_name: str, x, y, n_boot: int = 500, seed: int = 0, y_max: float | None = None) -> Fit:
     """Fit `form_name` to the rows (x, y) (seeds as separate rows). Raises IllPosed with the reason."""
     if form_name not in FORMS:
         raise KeyError(f"unknown form {form_name!r}; have {sorted(FORMS)}")
@@ -139,7 +143,7 @@ def fit_law(form_name: str, x, y, n_boot: int = 500, seed: int = 0) -> Fit:
     x, y = np.asarray(x, float), np.asarray(y, float)
     check_posed(form, x, y)
     try:
-        p, cov = _least_squares(form, x, y)
+        p, cov = _least_squares(form, x, y, y_max=y_max)
     except (RuntimeError, ValueError, np.linalg.LinAlgError) as e:
         raise IllPosed(f"the least-squares fit did not converge: {e}") from e
     if form.name != "power":
@@ -149,15 +153,19 @@ def fit_law(form_name: str, x, y, n_boot: int = 500, seed: int = 0) -> Fit:
     fitted_space = (np.log(y), np.log(form(x, p))) if form.name == "power" else (y, form(x, p))
     r2 = 1 - ((fitted_space[0] - fitted_space[1]) ** 2).sum() / ((fitted_space[0] - fitted_space[0].mean()) ** 2).sum()
     se = np.sqrt(np.clip(np.diag(cov), 0, None))
-    boot = _bootstrap(form, x, y, p, n_boot, seed)
+    boot = _bootstrap(form, x, y, p, n_boot, seed, y_max)
     lo, hi = (np.nanquantile(boot, q, 0) if len(boot) else np.full(len(p), np.nan) for q in (0.025, 0.975))
     names = form.params
+    notes = []
+    if y_max is not None and form.name != "power" and p[0] >= y_max - 1e-6:
+        notes.append(f"E sits on its bound {y_max:g}: the points do not pin the ceiling (read it as 'at most "
+                     f"{y_max:g}'), so A and alpha are conditional on it")
     return Fit(form.name, dict(zip(names, map(float, p))), dict(zip(names, map(float, se))),
                {k: [float(a), float(b)] for k, a, b in zip(names, lo, hi)}, float(r2), len(x), len(np.unique(x)),
-               boot.tolist())
+               boot.tolist(), notes)
 
 
-def _bootstrap(form: Form, x, y, p, n_boot: int, seed: int) -> np.ndarray:
+def _bootstrap(form: Form, x, y, p, n_boot: int, seed: int, y_max: float | None = None) -> np.ndarray:
     """Refits on rows resampled with replacement (draws with too few distinct x or no convergence are dropped)."""
     rng = np.random.default_rng(seed)
     out = []
@@ -166,7 +174,7 @@ def _bootstrap(form: Form, x, y, p, n_boot: int, seed: int) -> np.ndarray:
         if len(np.unique(x[i])) < len(form.params) + 1:
             continue
         try:
-            out.append(_least_squares(form, x[i], y[i], p0=None if form.name == "power" else p)[0])
+            out.append(_least_squares(form, x[i], y[i], p0=None if form.name == "power" else p, y_max=y_max)[0])
         except (RuntimeError, ValueError, np.linalg.LinAlgError):
             continue
     return np.array(out).reshape(-1, len(form.params))
@@ -183,11 +191,11 @@ def required_x(fit: Fit, target: float) -> dict:
             "unreachable_share": float(1 - len(finite) / len(draws))}
 
 
-def holdout(form_name: str, x, y, n_boot: int = 500, seed: int = 0) -> dict:
+def holdout(form_name: str, x, y, n_boot: int = 500, seed: int = 0, y_max: float | None = None) -> dict:
     """Fit on every point but those at the largest x, predict the largest x, compare with what was measured."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     top = x.max()
-    fit = fit_law(form_name, x[x < top], y[x < top], n_boot, seed)
+    fit = fit_law(form_name, x[x < top], y[x < top], n_boot, seed, y_max)
     pred = float(fit.predict(np.array([top]))[0])
     lo, hi = (float(v[0]) for v in fit.band(np.array([top])))
     observed = float(y[x == top].mean())

@@ -19,6 +19,9 @@ def _matches(row: dict, where: dict) -> bool:
     return all(str(row.get(k)) == str(v) or row.get(k) == v for k, v in (where or {}).items())
 
 
+BOUNDED_BY_ONE = {"auc", "gauc", "uauc", "valid_auc", "valid_gauc"}
+
+
 def select(rows: list[dict], request: dict) -> tuple[np.ndarray, np.ndarray, float | None]:
     """(x, y) of the rows a request names; y minus the baseline's mean when it has one."""
     metric = request.get("metric", "auc")
@@ -43,11 +46,13 @@ def run_fit(rows: list[dict], request: dict, out: Path) -> dict:
     try:
         x, y, base = select(rows, request)
         entry["baseline_value"] = base
-        fit = fit_law(request["form"], x, y, request.get("n_boot", 500))
+        # AUC-like metrics cannot exceed 1; a gain over a baseline can only reach 1 - baseline
+        y_max = (1.0 - (base or 0.0)) if request.get("metric", "auc") in BOUNDED_BY_ONE else None
+        fit = fit_law(request["form"], x, y, request.get("n_boot", 500), y_max=y_max)
         entry["fit"] = fit.to_dict()
         if request.get("holdout"):
             try:
-                entry["holdout"] = holdout(request["form"], x, y, request.get("n_boot", 500))
+                entry["holdout"] = holdout(request["form"], x, y, request.get("n_boot", 500), y_max=y_max)
             except IllPosed as e:
                 entry["holdout"] = {"refused": str(e)}
         if request.get("target") is not None:
@@ -126,6 +131,7 @@ def write_report(sweep_dir: Path, requests: list[dict], title: str = "") -> Path
                   "| parameter | value | std. error | 95% bootstrap interval |", "|---|---|---|---|"]
         lines += [f"| {k} | {v:.6g} | {fit['stderr'][k]:.3g} | [{fit['interval'][k][0]:.6g}, "
                   f"{fit['interval'][k][1]:.6g}] |" for k, v in fit["params"].items()]
+        lines += [f"\nNote: {note}" for note in fit.get("notes", [])]
         held = entry.get("holdout")
         if held and "predicted" in held:
             lines += ["", f"Holdout: fitted without x = {held['x']:.6g}, predicted {held['predicted']:.4f} "
