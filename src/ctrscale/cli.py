@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -49,13 +50,19 @@ def cmd_train(args) -> int:
     try:
         res = fit(cfg, resume=args.resume)
     finally:
-        close_world()  # under torchrun: leave no collective thread running at exit
+        distributed = close_world()  # under torchrun: leave no collective thread running at exit
     if "test" in res:
         t = res["test"]
         print(f"{cfg.name}: best epoch {res['best_epoch']}; test AUC {t['auc']:.4f} GAUC {t.get('gauc', 0):.4f} "
               f"logloss {t['logloss']:.4f}; results in {cfg.run_dir}/results.json")
     else:
         print(f"stopped at step {res['stopped_at_step']}; continue with --resume")
+    if distributed:
+        # Everything is written and the group is gone; skip interpreter teardown, where gloo's worker threads
+        # can still hold tensors and abort the process ("terminate called without an active exception").
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 

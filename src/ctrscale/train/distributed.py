@@ -13,6 +13,7 @@ checkpoints and results. The checkpoint holds global step counts, so a run resum
 """
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -71,10 +72,14 @@ def init_world(device_name: str = "auto") -> World:
     return World(rank, size, local, "cuda" if use_cuda else "cpu")
 
 
-def close_world() -> None:
-    if dist.is_initialized():
-        dist.barrier()  # no rank tears its connections down while another still uses them
-        dist.destroy_process_group()
+def close_world() -> bool:
+    """Tear the process group down; True when there was one."""
+    if not dist.is_initialized():
+        return False
+    gc.collect()    # free DDP reducers caught in reference cycles while their group still exists
+    dist.barrier()  # no rank tears its connections down while another still uses them
+    dist.destroy_process_group()
+    return True
 
 
 def shard(rows: np.ndarray, world: World, requests: np.ndarray | None = None) -> np.ndarray:
