@@ -1,16 +1,16 @@
 """Width sweep from a `ctrscale compare` folder or a `ctrscale scale` sweep folder (labels = point ids): test
-AUC gain over a baseline run vs dense parameters, one curve per model family, with the power law gain = a * N^b
-fitted (least squares in log-log) to each family's positive gains (the FAT paper's Eq. 12 form).
+AUC and GAUC gains over a baseline run vs dense parameters, one curve per model family, with the power law
+gain = a * N^b fitted (least squares in log-log) to each family's positive gains (the FAT paper's Eq. 12 form).
 Writes <out>.png and <out>.md.
 
-    python benchmarks/plot_width_sweep.py /tmp/exp/fat/ml1m --baseline mlp-f \
-        --family FAT=fat-w16,fat-w32,fat-s,fat-w64,fat-l,fat-w256 \
-        --family transformer=transformer-w32,transformer-w64,transformer-s,transformer-w256,transformer-l \
-        --family MLP=mlp-w64,mlp-w128,mlp-f,mlp-w512,mlp-l --out benchmarks/results/fat_width_ml1m
+    python benchmarks/plot_width_sweep.py runs/scale/fat-width --out runs/scale/fat-width/width_gain \
+        --baseline model=hidden-288-144-inputs-fields-name-mlp --baseline-name "MLP [288, 144]" \
+        --family "FAT=*name-fat_*" --family "transformer=*name-transformer_*" --family "MLP=*name-mlp"
 """
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 from pathlib import Path
 
@@ -45,50 +45,62 @@ def power_law(params: np.ndarray, gain: np.ndarray) -> tuple[float, float] | Non
     return float(np.exp(log_a)), float(b)
 
 
+def family_runs(spec: str, runs: dict[str, list[dict]]) -> tuple[str, list[str]]:
+    """NAME=label1,label2,... where a label may be a glob ('*name-fat_*'); labels sorted by dense params."""
+    name, patterns = spec.split("=", 1)
+    labels = sorted({lab for pat in patterns.split(",") for lab in fnmatch.filter(runs, pat)},
+                    key=lambda lab: runs[lab][0]["dense"])
+    return name, labels
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("compare_dir", type=Path)
     ap.add_argument("--baseline", required=True, help="label of the run the gains are measured from")
-    ap.add_argument("--family", action="append", required=True, help="NAME=label1,label2,...")
-    ap.add_argument("--metric", default="auc", choices=["auc", "gauc"])
+    ap.add_argument("--baseline-name", help="how the plot names the baseline (default: its label)")
+    ap.add_argument("--family", action="append", required=True, help="NAME=label1,label2,... (labels may be globs)")
+    ap.add_argument("--metric", action="append", choices=["auc", "gauc"], help="one panel each (default: both)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
+    metrics = args.metric or ["auc", "gauc"]
     runs = load_runs(args.compare_dir)
-    base = seed_mean(runs[args.baseline], args.metric)
-    lines = [f"Test {args.metric.upper()} gain over `{args.baseline}` ({base:.4f}), seed means; "
-             f"power law gain = a * N^b fitted to the positive gains.", "",
-             "| family | run | seeds | dense params | AUC | gain |", "|---|---|---|---|---|---|"]
+    families = [family_runs(spec, runs) for spec in args.family]
+    base = {m: seed_mean(runs[args.baseline], m) for m in metrics}
+    heads = " | ".join(f"{m.upper()} | {m.upper()} gain" for m in metrics)
+    lines = [f"Test gains over `{args.baseline}` ("
+             + ", ".join(f"{m.upper()} {base[m]:.4f}" for m in metrics)
+             + "), seed means; power law gain = a * N^b fitted to the positive gains.", "",
+             f"| family | run | seeds | dense params | {heads} |", "|---|---|---|---|" + "---|---|" * len(metrics)]
+    for name, labels in families:
+        for lab in labels:
+            cells = " | ".join(f"{seed_mean(runs[lab], m):.4f} | {seed_mean(runs[lab], m) - base[m]:+.4f}"
+                               for m in metrics)
+            lines.append(f"| {name} | {lab} | {len(runs[lab])} | {runs[lab][0]['dense']:,.0f} | {cells} |")
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(6.5 * len(metrics), 4.5), squeeze=False)
     fits = []
-    for spec in args.family:
-        name, labels = spec.split("=", 1)
-        have = [lab for lab in labels.split(",") if lab in runs]
-        params = np.array([runs[lab][0]["dense"] for lab in have], float)
-        value = np.array([seed_mean(runs[lab], args.metric) for lab in have])
-        order = np.argsort(params)
-        params, value, have = params[order], value[order], [have[i] for i in order]
-        gain = value - base
-        for lab, p, v, g in zip(have, params, value, gain):
-            lines.append(f"| {name} | {lab} | {len(runs[lab])} | {p:,.0f} | {v:.4f} | {g:+.4f} |")
-        line, = ax.plot(params, gain, marker="o", label=name)
-        fit = power_law(params, gain)
-        if fit is not None:
-            a, b = fit
-            grid = np.geomspace(params.min(), params.max(), 50)
-            ax.plot(grid, a * grid ** b, ls="--", color=line.get_color(), alpha=0.6)
-            fits.append(f"- {name}: gain = {a:.3g} * N^{b:.3f}")
-        else:
-            fits.append(f"- {name}: fewer than 3 positive gains, no power law fitted")
-    ax.axhline(0, color="k", lw=0.8)
-    ax.set_xscale("log")
-    ax.set_xlabel("dense parameters")
-    ax.set_ylabel(f"test {args.metric.upper()} gain over {args.baseline}")
-    ax.set_title("Width sweep")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    for ax, metric in zip(axes[0], metrics):
+        for name, labels in families:
+            params = np.array([runs[lab][0]["dense"] for lab in labels], float)
+            gain = np.array([seed_mean(runs[lab], metric) for lab in labels]) - base[metric]
+            line, = ax.plot(params, gain, marker="o", label=name)
+            fit = power_law(params, gain)
+            if fit is not None:
+                a, b = fit
+                grid = np.geomspace(params.min(), params.max(), 50)
+                ax.plot(grid, a * grid ** b, ls="--", color=line.get_color(), alpha=0.6)
+                fits.append(f"- {name}, {metric.upper()}: gain = {a:.3g} * N^{b:.3f}")
+            else:
+                fits.append(f"- {name}, {metric.upper()}: fewer than 3 positive gains, no power law fitted")
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("dense parameters")
+        ax.set_ylabel(f"test {metric.upper()} gain over {args.baseline_name or args.baseline}")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle("Width sweep")
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out.with_suffix(".png"), dpi=120)
