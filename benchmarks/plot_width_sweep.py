@@ -50,6 +50,8 @@ def family_runs(spec: str, runs: dict[str, list[dict]]) -> tuple[str, list[str]]
     name, patterns = spec.split("=", 1)
     labels = sorted({lab for pat in patterns.split(",") for lab in fnmatch.filter(runs, pat)},
                     key=lambda lab: runs[lab][0]["dense"])
+    if not labels:
+        raise SystemExit(f"--family {spec}: no run matches (runs: {', '.join(sorted(runs))})")
     return name, labels
 
 
