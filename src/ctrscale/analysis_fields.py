@@ -47,9 +47,9 @@ def plot_alpha(alpha: np.ndarray, names: list[str], path: Path) -> None:
                                                       if len(alpha) > 1 else [])
     size = 0.45 * len(names) + 2.5
     fig, axes = plt.subplots(1, len(panels), figsize=(size * len(panels), size), squeeze=False)
-    lo, hi = float(alpha.min()), float(alpha.max())
+    reach = max(float(np.abs(alpha - 1).max()), 1e-6)  # diverging around 1: red amplifies a pair, blue damps it
     for ax, (title, a) in zip(axes[0], panels):
-        im = ax.imshow(a, cmap="viridis", vmin=lo, vmax=hi)
+        im = ax.imshow(a, cmap="RdBu_r", vmin=1 - reach, vmax=1 + reach)
         ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
         ax.set_yticks(range(len(names)), names, fontsize=8)
         ax.set_xlabel("key field")
