@@ -67,6 +67,15 @@ def test_compare_two_models_over_two_seeds(tiny, tmp_path, capsys):
     assert main(args) == 0  # finished runs are reused, not retrained
 
 
+def test_compare_cell_shows_spread_only_over_seeds():
+    import statistics
+
+    from ctrscale.compare import _mean_std
+    assert _mean_std([0.78125]) == "0.7812"  # one seed: no "± 0.0000" pretending to be a spread
+    xs = [0.781, 0.785, 0.790]
+    assert _mean_std(xs) == f"{statistics.mean(xs):.4f} ± {statistics.stdev(xs):.4f}"
+
+
 def test_compare_model_entries():
     from ctrscale.compare import parse_model_entry
     assert parse_model_entry("din") == ("din", ["model.name=din"])

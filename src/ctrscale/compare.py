@@ -62,7 +62,7 @@ def parse_model_entry(entry: str) -> tuple[str, list[str]]:
 
 def _mean_std(xs) -> str:
     xs = np.asarray(xs, float)
-    return f"{xs.mean():.4f} ± {xs.std(ddof=1) if len(xs) > 1 else 0:.4f}"
+    return f"{xs.mean():.4f} ± {xs.std(ddof=1):.4f}" if len(xs) > 1 else f"{xs.mean():.4f}"  # one seed: no spread
 
 
 def summarize(runs: dict[str, list[dict]], out: Path) -> dict:
