@@ -62,6 +62,11 @@ def test_compare_two_models_over_two_seeds(tiny, tmp_path, capsys):
     assert abs(test["auc_seeds"]["mean_diff"] - (sum(aucs("din")) - sum(aucs("mlp"))) / 2) < 1e-12
     assert test["bootstrap_users"]["auc"]["ci95"][0] <= test["bootstrap_users"]["auc"]["ci95"][1]
     assert "din − mlp" in (tmp_path / "comparison.md").read_text()
+    for model, rows in report["valid_by_epoch"].items():  # per-epoch validation means, recomputed from each run
+        runs = [json.loads((tmp_path / f"{model}-s{s}" / "results.json").read_text())["epochs"] for s in (0, 1)]
+        assert [r["epoch"] for r in rows] == [1] and rows[0]["seeds"] == 2
+        assert rows[0]["valid_gauc"] == pytest.approx((runs[0][0]["valid_gauc"] + runs[1][0]["valid_gauc"]) / 2)
+    assert (tmp_path / "valid_by_epoch.png").stat().st_size > 0
     variant = json.loads((tmp_path / "din-d4-s1" / "results.json").read_text())["config"]
     assert variant["model"] == {"name": "din", "embed_dim": 4} and variant["train"]["seed"] == 1
     assert main(args) == 0  # finished runs are reused, not retrained
@@ -74,6 +79,15 @@ def test_compare_cell_shows_spread_only_over_seeds():
     assert _mean_std([0.78125]) == "0.7812"  # one seed: no "± 0.0000" pretending to be a spread
     xs = [0.781, 0.785, 0.790]
     assert _mean_std(xs) == f"{statistics.mean(xs):.4f} ± {statistics.stdev(xs):.4f}"
+
+
+def test_compare_epoch_means_follow_seeds_that_stopped_early():
+    from ctrscale.compare import epoch_means
+    ep = lambda e, auc, gauc: {"epoch": e, "valid_auc": auc, "valid_gauc": gauc}  # noqa: E731
+    rows = epoch_means([{"epochs": [ep(1, 0.70, 0.60), ep(2, 0.74, 0.62)]},
+                        {"epochs": [ep(1, 0.72, 0.64), ep(2, 0.76, 0.66), ep(3, 0.78, 0.70)]}])
+    assert [(r["epoch"], r["seeds"]) for r in rows] == [(1, 2), (2, 2), (3, 1)]
+    assert rows[1]["valid_auc"] == pytest.approx(0.75) and rows[2]["valid_gauc"] == pytest.approx(0.70)
 
 
 def test_compare_model_entries():

@@ -8,7 +8,8 @@ A model entry is a registered name or `label:key=value;key=value`, a labelled va
 first '-' names the model. Each (label, seed) is an ordinary training run under <out>/<label>-s<seed> (finished
 runs are reused, so a stopped comparison continues). The report gives test AUC / GAUC / logloss as mean ± std
 over seeds and, for each model against the first one, a paired t-test over seeds and a paired bootstrap over users
-of the seed-averaged test predictions."""
+of the seed-averaged test predictions. A second table and `valid_by_epoch.png` give each model's validation AUC /
+GAUC per epoch, averaged over the seeds that ran that epoch (early stopping may end a seed sooner)."""
 from __future__ import annotations
 
 import json
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import metrics
-from .demo import markdown_table
+from .demo import markdown_table, plot_epoch_curves
 from .train.config import load_config
 from .train.recipe import fit
 
@@ -42,6 +43,7 @@ def run_compare(data: str, models: list[str], seeds: list[int], out: Path, overr
     report = summarize(runs, out)
     (out / "comparison.json").write_text(json.dumps(report, indent=1))
     (out / "comparison.md").write_text(report["markdown"])
+    plot_epoch_curves(report["valid_by_epoch"], out / "valid_by_epoch.png", ("auc", "gauc"))
     print(report["markdown"])
     return report
 
@@ -96,8 +98,25 @@ def summarize(runs: dict[str, list[dict]], out: Path) -> dict:
             md.append(f"Bootstrap over users of the seed-averaged predictions: AUC diff "
                       f"{boot['auc']['diff']:+.4f} CI {_ci(boot['auc']['ci95'])}, GAUC diff "
                       f"{boot['gauc']['diff']:+.4f} CI {_ci(boot['gauc']['ci95'])}.")
+    curves = {m: epoch_means(rs) for m, rs in runs.items()}
+    n_epochs = max(len(c) for c in curves.values())
+    cells = {m: [f"{r['valid_auc']:.4f} / {r['valid_gauc']:.4f}" for r in c] for m, c in curves.items()}
+    md += ["", "Validation AUC / GAUC per epoch, mean over the seeds that ran it (![curves](valid_by_epoch.png))", "",
+           markdown_table([[m] + cs + [""] * (n_epochs - len(cs)) for m, cs in cells.items()],
+                          ["model"] + [f"epoch {e}" for e in range(1, n_epochs + 1)])]
     return {"runs": {m: [{k: r[k] for k in ("seed", "test", "valid", "best_epoch", "params")} for r in rs]
-                     for m, rs in runs.items()}, "tests": tests, "markdown": "\n".join(md) + "\n"}
+                     for m, rs in runs.items()}, "tests": tests, "valid_by_epoch": curves,
+            "markdown": "\n".join(md) + "\n"}
+
+
+def epoch_means(rs: list[dict]) -> list[dict]:
+    """Validation AUC / GAUC at each epoch, averaged over the runs that reached it."""
+    out = []
+    for e in range(1, max(len(r["epochs"]) for r in rs) + 1):
+        rows = [r["epochs"][e - 1] for r in rs if len(r["epochs"]) >= e]
+        out.append({"epoch": e, "seeds": len(rows), **{f"valid_{k}": float(np.mean([x[f"valid_{k}"] for x in rows]))
+                                                       for k in ("auc", "gauc")}})
+    return out
 
 
 def _test(t: dict) -> str:

@@ -41,7 +41,7 @@ def run_demo(out: Path, epochs: int = 2, models: list[str] | None = None, option
         "Test metrics use the weights with the best validation AUC. GFLOPs are counted by torch's FLOP counter "
         "on one inference batch of 60 impressions; impressions/s is training throughput on this machine.\n\n"
         "![validation AUC per epoch](valid_auc.png)\n")
-    plot_curves(results, out / "valid_auc.png")
+    plot_epoch_curves({r["model"]: r["epochs"] for r in results}, out / "valid_auc.png")
     return results
 
 
@@ -58,20 +58,22 @@ def markdown_table(rows: list[list[str]], columns: list[str] = COLUMNS) -> str:
     return "\n".join(lines)
 
 
-def plot_curves(results: list[dict], path: Path) -> None:
+def plot_epoch_curves(curves: dict[str, list[dict]], path: Path, metrics: tuple[str, ...] = ("auc",)) -> None:
+    """One panel per validation metric against epoch, one line per label; `curves` maps a label to its
+    `{"epoch": e, "valid_<metric>": x}` rows (a run's `epochs`, or a mean over seeds)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for r in results:
-        ep = [e["epoch"] for e in r["epochs"]]
-        ax.plot(ep, [e["valid_auc"] for e in r["epochs"]], marker="o", label=r["model"])
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("validation AUC")
-    ax.set_title("Validation AUC per epoch")
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.grid(alpha=0.3)
-    ax.legend()
+    fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for label, rows in curves.items():
+            ax.plot([r["epoch"] for r in rows], [r[f"valid_{metric}"] for r in rows], marker="o", label=label)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"validation {metric.upper()}")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"Validation {' / '.join(m.upper() for m in metrics)} per epoch")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
