@@ -88,8 +88,9 @@ def plot_ranks(ranks: dict, path: Path) -> None:
         ax.set_xticks(range(len(BLOCKS)), BLOCKS)
         ax.set_yticks(range(len(layers)), [f"layer {layer + 1}" for layer in layers])
         for i, row in enumerate(grid):
-            for j, v in enumerate(row):
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="w", fontsize=8)
+            for j, v in enumerate(row):  # dark text on the bright upper half of viridis, white below
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8,
+                        color="k" if im.norm(v) > 0.6 else "w")
         ax.set_title(f"attention {title} per block")
         fig.colorbar(im, ax=ax, shrink=0.8)
     fig.savefig(path, dpi=120)
