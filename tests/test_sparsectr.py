@@ -96,6 +96,26 @@ def test_reltemporal_values():
     assert enc(tk, tk, torch.zeros(1), torch.zeros(1)).abs().max() == 0
 
 
+@pytest.mark.parametrize("kind", ["reltemporal", "no-time", "no-hour", "weekend-only", "alibi", "t5", "hstu", "none"])
+def test_bias_lookup_equals_the_formula(kind):
+    """bias_mask (codes gathered from a per-head table: the fast path) equals forward()'s formula where a key is
+    allowed and is NEG elsewhere; query times are integer seconds, key times also chunk means (float)."""
+    parts = {"no-time": (False, True, True), "no-hour": (True, False, True), "weekend-only": (False, False, True)}
+    enc = RelativeEncoding("reltemporal" if kind in parts else kind, 3, 4, *parts.get(kind, (True, True, True)))
+    for p in enc.parameters():
+        torch.nn.init.normal_(p)
+    times, valid = _histories(r=6, n=40)
+    tq, pq = times[:, :, None], torch.arange(40.0)[:, None]
+    for tk, pk in [(times[:, None, :], torch.arange(40.0)[None, :]),
+                   (times[:, None, ::3].double() + 0.5, torch.arange(0.0, 40.0, 3.0)[None, :] + 0.5)]:
+        allowed = torch.rand(6, 40, tk.shape[-1]) > 0.3
+        got = enc.bias_mask(tq, tk, pq, pk, allowed)
+        want = enc(tq, tk, pq, pk)
+        want = torch.zeros(1, 6, 40, tk.shape[-1]) if want is None else want.transpose(0, 1)
+        torch.testing.assert_close(got[:, allowed], want.expand(got.shape)[:, allowed])
+        assert (got[:, ~allowed] == torch.finfo(torch.float32).min / 2).all()
+
+
 @pytest.mark.parametrize("encoding", ["reltemporal", "alibi", "t5", "hstu", "none"])
 @pytest.mark.parametrize("w", [1, 3, 5])
 def test_local_window_equals_dense_reference(encoding, w):
@@ -104,12 +124,12 @@ def test_local_window_equals_dense_reference(encoding, w):
     enc = RelativeEncoding(encoding, heads=2, head_dim=4)
     for p in enc.parameters():
         torch.nn.init.normal_(p)
-    q, k, v = (torch.randn(r, 2, n, 4, requires_grad=True) for _ in range(3))
-    ku, vu = torch.randn(r, 2, 4), torch.randn(r, 2, 4)
+    q, k, v = (torch.randn(2, r, n, 4, requires_grad=True) for _ in range(3))    # heads first
+    ku, vu = torch.randn(2, r, 4), torch.randn(2, r, 4)
     for user in [(None, None), (ku, vu)]:
         fast = local_window_attention(q, k, v, times, valid, w, enc, *user)
         ref = local_window_reference(q, k, v, times, valid, w, enc, *user)
-        rows = valid[:, None, :, None].expand_as(fast)            # padded query rows are never read
+        rows = valid[None, :, :, None].expand_as(fast)            # padded query rows are never read
         torch.testing.assert_close(fast[rows], ref[rows])
         g1 = torch.autograd.grad((fast * rows).sum(), (q, k, v))
         g2 = torch.autograd.grad((ref * rows).sum(), (q, k, v))
@@ -120,9 +140,9 @@ def test_local_window_equals_dense_reference(encoding, w):
 def test_linear_attention_equals_dense_kernel_reference():
     times, valid = _histories()
     r, n = valid.shape
-    q, k, v = (torch.randn(r, 2, n, 4) for _ in range(3))
+    q, k, v = (torch.randn(2, r, n, 4) for _ in range(3))
     phi = lambda x: torch.nn.functional.elu(x) + 1  # noqa: E731
-    a = (phi(q) @ phi(k).transpose(-1, -2)) * (torch.tril(torch.ones(n, n)) * valid[:, None, None, :])
+    a = (phi(q) @ phi(k).transpose(-1, -2)) * (torch.tril(torch.ones(n, n)) * valid[:, None, :])
     want = (a @ v) / a.sum(-1, keepdim=True).clamp_min(1e-6)
     torch.testing.assert_close(causal_linear_attention(q, k, v, valid), want)
 
@@ -146,8 +166,9 @@ def _layer_and_inputs(cfg: SparseCTRConfig, seed=0):
 
 
 def _dense(attn, x, user, seq, cfg, cand=None):
-    """Every branch over all L keys with an explicit (Lq, L) or (Lq, P) mask, chunks from the loop reference.
-    Queries are the behaviors, or with `cand` (R, C, D) candidates at position L and the request time."""
+    """Every branch over all L keys with an explicit (Lq, L) or (Lq, P) mask, chunks from the loop reference,
+    bias from enc.forward, heads second (R, H, ..) and moved first for _fuse. Queries are the behaviors, or with
+    `cand` (R, C, D) candidates at position L and the request time."""
     r, n = seq.valid.shape
     p, m, w = cfg.resolved()
     heads = lambda t: t.unflatten(-1, (2, -1)).transpose(1, 2)  # noqa: E731
@@ -199,7 +220,7 @@ def _dense(attn, x, user, seq, cfg, cand=None):
         elif name == "full":
             allowed = (qpos[:, None] >= pos[None, :]) & (seq.valid[:, None, :] | (qpos[:, None] == pos[None, :]))
             outs.append(dense_reference(q, k, v, allowed[:, None], pair_bias))
-    return attn._fuse(outs)
+    return attn._fuse([o.transpose(0, 1) for o in outs])
 
 
 CASES = {"S1": {"sparsity": "S1"}, "S2": {}, "S3-t5": {"sparsity": "S3", "encoding": "t5"},

@@ -139,11 +139,15 @@ class EvoAttention(nn.Module):
             self.gate = nn.Linear(len(self.branches) * dim, len(self.branches), bias=False)
         self.enc = RelativeEncoding(cfg.encoding, heads, dim // heads, cfg.rel_time, cfg.rel_hour, cfg.rel_weekend)
 
-    def _heads(self, x: Tensor) -> Tensor:  # (R, N, D) -> (R, H, N, Dh)
-        return x.unflatten(-1, (self.heads, -1)).transpose(1, 2)
+    def _heads(self, x: Tensor) -> Tensor:  # (R, N, D) -> (H, R, N, Dh): heads first (evo_attention.py)
+        return x.unflatten(-1, (self.heads, -1)).permute(2, 0, 1, 3)
+
+    @staticmethod
+    def _merge(x: Tensor) -> Tensor:  # (H, R, N, Dh) -> (R, N, D)
+        return x.permute(1, 2, 0, 3).flatten(-2)
 
     def _fuse(self, outs: list[Tensor]) -> Tensor:
-        outs = [o.transpose(1, 2).flatten(-2) for o in outs]                          # (R, N, D) each
+        outs = [self._merge(o) for o in outs]                                         # (R, N, D) each
         if len(outs) == 1:
             return self.o(outs[0])
         alpha = torch.softmax(self.gate(torch.cat(outs, -1)), -1)                     # (R, N, branches)
@@ -157,29 +161,28 @@ class EvoAttention(nn.Module):
         k, v = self.kv(x).chunk(2, -1)
         k, v = enc.rotate(self._heads(k), seq.pos), self._heads(v)
         ku = vu = None
-        if user is not None:  # the user token's key and value, (R, H, Dh)
-            ku, vu = (t.unflatten(-1, (self.heads, -1)) for t in self.kv(user).chunk(2, -1))
+        if user is not None:  # the user token's key and value, (H, R, Dh)
+            ku, vu = (t.unflatten(-1, (self.heads, -1)).transpose(0, 1) for t in self.kv(user).chunk(2, -1))
         ti, pi = seq.times.unsqueeze(-1), seq.pos.unsqueeze(-1).float()
         outs, cache = [], {}
         if "global" in self.branches:
             ch = seq.chunks
-            flat = lambda t: t.transpose(1, 2).flatten(-2)  # noqa: E731
-            kp, vp = self._heads(self.agg_k(ch.members @ flat(k))), self._heads(self.agg_v(ch.members @ flat(v)))
+            kp, vp = (self._heads(agg(ch.members @ self._merge(t))) for agg, t in ((self.agg_k, k), (self.agg_v, v)))
             if outputs:
                 p = torch.arange(1, ch.valid.shape[1] + 1, device=x.device)
                 allowed = (p < ch.id.unsqueeze(-1)) & ch.valid.unsqueeze(1)         # (R, L, P)
-                bias = enc(ti, ch.time.unsqueeze(1), pi, ch.pos.unsqueeze(1))
-                outs.append(shared_key_attention(q, kp, vp, allowed.unsqueeze(1), bias))
+                bias = enc.bias_mask(ti, ch.time.unsqueeze(1), pi, ch.pos.unsqueeze(1), allowed)
+                outs.append(shared_key_attention(q, kp, vp, bias, allowed.any(-1)))
             cache["global"] = (kp, vp, ch.valid, ch.time, ch.pos)
         if "transition" in self.branches:
             idx, ok = seq.trans_idx, seq.trans_valid
-            take = idx[:, None, :, None].expand(-1, self.heads, -1, k.shape[-1])
+            take = idx[None, :, :, None].expand(self.heads, -1, -1, k.shape[-1])
             kt, vt = k.gather(2, take), v.gather(2, take)
             tt, pt = seq.times.gather(1, idx), idx.float()
             if outputs:
                 allowed = (idx.unsqueeze(1) < seq.pos.view(1, n, 1)) & ok.unsqueeze(1)  # strictly before
-                bias = enc(ti, tt.unsqueeze(1), pi, pt.unsqueeze(1))
-                outs.append(shared_key_attention(q, kt, vt, allowed.unsqueeze(1), bias))
+                bias = enc.bias_mask(ti, tt.unsqueeze(1), pi, pt.unsqueeze(1), allowed)
+                outs.append(shared_key_attention(q, kt, vt, bias, allowed.any(-1)))
             cache["transition"] = (kt, vt, ok, tt, pt)
         if "local" in self.branches:
             w = self.window
@@ -191,15 +194,14 @@ class EvoAttention(nn.Module):
             if outputs:
                 causal = seq.pos.unsqueeze(-1) >= seq.pos
                 allowed = causal & (seq.valid.unsqueeze(1) | torch.eye(n, dtype=torch.bool, device=x.device))
-                bias = enc(ti, seq.times.unsqueeze(1), pi, seq.pos.unsqueeze(0).float())
-                mask = allowed.unsqueeze(1) if bias is None else bias.masked_fill(~allowed.unsqueeze(1), float("-inf"))
-                outs.append(F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+                mask = enc.bias_mask(ti, seq.times.unsqueeze(1), pi, seq.pos.unsqueeze(0).float(), allowed)
+                outs.append(F.scaled_dot_product_attention(q, k, v, attn_mask=mask))  # every row allows itself
             cache["full"] = (k, v, seq.valid, seq.times, seq.pos.float())
         if "linear" in self.branches:
             if outputs:
                 outs.append(causal_linear_attention(q, k, v, seq.valid))
-            phi_k = (F.elu(k) + 1) * seq.valid[:, None, :, None]
-            cache["linear"] = (phi_k.transpose(-1, -2) @ v, phi_k.sum(2))                # (R, H, Dh, Dh), (R, H, Dh)
+            phi_k = (F.elu(k) + 1) * seq.valid.unsqueeze(-1)
+            cache["linear"] = (phi_k.transpose(-1, -2) @ v, phi_k.sum(2))                # (H, R, Dh, Dh), (H, R, Dh)
         return (self._fuse(outs) if outputs else None), cache
 
     def candidates(self, x: Tensor, cache: dict, seq: _Sequence) -> Tensor:
@@ -216,13 +218,13 @@ class EvoAttention(nn.Module):
                 outs.append((phi_q @ kv) / (phi_q @ z.unsqueeze(-1)).clamp_min(1e-6))
                 continue
             kk, vv, ok, tk, pk = cache[name][:5]
-            bias = self.enc(tq, tk.unsqueeze(-2), pq, pk.unsqueeze(-2))
+            bias = self.enc.bias_mask(tq, tk.unsqueeze(-2), pq, pk.unsqueeze(-2), ok.unsqueeze(1))  # (H, R, 1, K)
             if name == "local" and cache[name][5] is not None:  # the user token: always visible, no bias
                 ku, vu = cache[name][5:]
                 kk, vv = torch.cat([kk, ku.unsqueeze(2)], 2), torch.cat([vv, vu.unsqueeze(2)], 2)
                 ok = torch.cat([ok, torch.ones_like(ok[:, :1])], 1)
-                bias = None if bias is None else F.pad(bias, (0, 1))
-            outs.append(shared_key_attention(q, kk, vv, ok[:, None, None, :], bias))
+                bias = F.pad(bias, (0, 1))
+            outs.append(shared_key_attention(q, kk, vv, bias, ok.any(-1, keepdim=True)))
         return self._fuse(outs)
 
 
