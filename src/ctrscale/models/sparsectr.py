@@ -37,6 +37,7 @@ from .evo_attention import (
     CHUNKINGS,
     Chunks,
     RelativeEncoding,
+    causal_full_attention,
     causal_linear_attention,
     chunk_ids,
     local_window_attention,
@@ -192,10 +193,7 @@ class EvoAttention(nn.Module):
                               seq.pos[-w:].float(), ku, vu)
         if "full" in self.branches:  # variant A1: causal full attention, the same bias
             if outputs:
-                causal = seq.pos.unsqueeze(-1) >= seq.pos
-                allowed = causal & (seq.valid.unsqueeze(1) | torch.eye(n, dtype=torch.bool, device=x.device))
-                mask = enc.bias_mask(ti, seq.times.unsqueeze(1), pi, seq.pos.unsqueeze(0).float(), allowed)
-                outs.append(F.scaled_dot_product_attention(q, k, v, attn_mask=mask))  # every row allows itself
+                outs.append(causal_full_attention(q, k, v, seq.times, seq.valid, enc))
             cache["full"] = (k, v, seq.valid, seq.times, seq.pos.float())
         if "linear" in self.branches:
             if outputs:
