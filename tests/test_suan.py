@@ -9,6 +9,7 @@ import torch
 from ctrscale.data.loader import Loader, LoaderConfig
 from ctrscale.models.attention import (
     TimePositionBias,
+    causal_attention,
     causal_self_attention,
     dense_attention,
     local_dilated_attention,
@@ -43,6 +44,28 @@ def test_local_dilated_equals_dense_masked_reference(n, local, dilation):
         ref = causal_self_attention(q, k, v, times, valid, bias)
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
     assert torch.isfinite(got).all()
+
+
+@pytest.mark.parametrize("block", [1, 4, 64])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_blocked_causal_attention_equals_dense_reference(block, with_bias):
+    """SUAN's causal attention in query blocks equals the (L, L) reference: values and gradients (bias tables
+    included), left padding and an empty history among the rows."""
+    q, k, v, times, valid = _inputs(n=13)
+    bias = TimePositionBias(max_pos=64)
+    with torch.no_grad():
+        bias.time_table.normal_()
+        bias.pos_table.normal_()
+    grads = []
+    for fn in (lambda *a: causal_attention(*a, block=block), causal_self_attention):
+        xs = [t.clone().requires_grad_() for t in (q, k, v)]
+        bias.zero_grad()
+        out = fn(*xs, times, valid, bias if with_bias else None)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        grads.append([out] + [x.grad for x in xs] + ([bias.time_table.grad.clone(), bias.pos_table.grad.clone()]
+                                                     if with_bias else []))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_sparse_pattern_counts_each_key_once():

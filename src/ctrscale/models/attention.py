@@ -130,6 +130,46 @@ def causal_self_attention(q, k, v, times: Tensor, key_valid: Tensor, bias_fn: Bi
     return dense_attention(q, k, v, allowed, bias)
 
 
+# logits of disallowed keys in the blocked kernels: exp() underflows to 0 and no inf - inf appears
+MASKED = torch.finfo(torch.float32).min / 2
+MaskFn = Callable[[slice, Tensor], Tensor]
+
+
+def causal_blocked_attention(q: Tensor, k: Tensor, v: Tensor, key_valid: Tensor, mask_fn: MaskFn,
+                             block: int | None = None) -> Tensor:
+    """Causal attention in query blocks: block [a, b) reads keys [0, b) only, so bias, mask and scores cover
+    about half of the L x L square (1/2 + 1/(2 * blocks)) and one block's are live at a time in inference.
+    mask_fn(rows, allowed (B, b - a, b)) -> the additive logits (bias where allowed, MASKED elsewhere),
+    broadcastable to (.., b - a, b) with q's leading dims. Equals causal_self_attention (tests).
+    Default block: 16 on CPU (small blocks stay in cache: SparseCTR's A1 on a 512-wide ml1m batch trains about
+    4x faster than one (L, L) pass, 1.3x faster than blocks of 64), 256 on GPUs (fewer kernel launches)."""
+    n = q.shape[2]
+    block = block or (16 if q.device.type == "cpu" else 256)
+    pos = torch.arange(n, device=q.device)
+    outs = []
+    for a in range(0, n, block):
+        b = min(n, a + block)
+        pq, pk = pos[a:b, None], pos[None, :b]
+        allowed = (pq >= pk) & (key_valid[:, None, :b] | (pq == pk))                  # a query sees itself
+        outs.append(F.scaled_dot_product_attention(q[..., a:b, :], k[..., :b, :], v[..., :b, :],
+                                                   attn_mask=mask_fn(slice(a, b), allowed)))
+    return torch.cat(outs, -2)
+
+
+def causal_attention(q, k, v, times: Tensor, key_valid: Tensor, bias_fn: BiasFn | None,
+                     block: int | None = None) -> Tensor:
+    """SUAN's causal self-attention (bias shared by the heads) through causal_blocked_attention."""
+    pos = torch.arange(q.shape[2], device=q.device)
+
+    def mask(rows: slice, allowed: Tensor) -> Tensor:
+        if bias_fn is None:
+            return torch.where(allowed, 0.0, MASKED).unsqueeze(1)
+        cols = slice(0, rows.stop)
+        bias = bias_fn(times[:, rows, None], times[:, None, cols], pos[rows, None] - pos[None, cols])
+        return torch.where(allowed, bias, MASKED).unsqueeze(1)
+    return causal_blocked_attention(q, k, v, key_valid, mask, block)
+
+
 def local_dilated_attention(q, k, v, times: Tensor, key_valid: Tensor, bias_fn: BiasFn | None,
                             local: int, dilation: int) -> Tensor:
     """LightSUAN's sparse causal self-attention in O(L (local + L / dilation)) time and memory.

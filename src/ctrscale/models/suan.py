@@ -35,7 +35,7 @@ from .attention import (
     SwiGLU,
     TimePositionBias,
     candidate_attention,
-    causal_self_attention,
+    causal_attention,
     local_dilated_attention,
     make_norm,
 )
@@ -144,7 +144,7 @@ class UAB(nn.Module):
         if cfg.local > 0:
             att = local_dilated_attention(q, k, v, times, valid, self.bias, cfg.local, cfg.dilation)
         else:
-            att = causal_self_attention(q, k, v, times, valid, self.bias)
+            att = causal_attention(q, k, v, times, valid, self.bias)
         e_self = self.out(self._merge(att))
         e_cross = self._cross(e_self, profile) if cfg.afnet else None
         gate = None
