@@ -66,8 +66,9 @@ def plot_epoch_curves(curves: dict[str, list[dict]], path: Path, metrics: tuple[
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
-        for label, rows in curves.items():
-            ax.plot([r["epoch"] for r in rows], [r[f"valid_{metric}"] for r in rows], marker="o", label=label)
+        for i, (label, rows) in enumerate(curves.items()):  # the colour cycle has 10: later lines change style
+            ax.plot([r["epoch"] for r in rows], [r[f"valid_{metric}"] for r in rows], label=label,
+                    marker="os^"[i // 10 % 3], linestyle=("-", "--", ":")[i // 10 % 3])
         ax.set_xlabel("epoch")
         ax.set_ylabel(f"validation {metric.upper()}")
         ax.xaxis.get_major_locator().set_params(integer=True)
