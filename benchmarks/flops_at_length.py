@@ -27,6 +27,8 @@ def gflops_at_max_len(config_path: Path, n: int = 60) -> tuple[int, float]:
     model = build_model(data.spec, cfg.model, content=data.content()).eval()
     length = cfg.data.max_len
     rows = np.flatnonzero(data.history_lengths("valid", length) >= length)[:n]
+    if len(rows) == 0:
+        raise SystemExit(f"{config_path}: no validation impression of {cfg.data.name} has {length} behaviors")
     loader = Loader(data, "valid", LoaderConfig(batch_size=n, max_len=length, shuffle=False,
                                                 cand_seq=candidate_sequence(model)))
     return len(rows), inference_flops(model, next(iter(loader.batches([rows])))) / 1e9
