@@ -173,11 +173,12 @@ def test_request_batch_round_trip(tiny):
 
 def test_preparation_never_overwrites_an_unrelated_folder(tmp_path):
     from ctrscale.data.store import DatasetWriter, Layout
+    from ctrscale.errors import DataError
     keep = tmp_path / "mine"
     keep.mkdir()
     (keep / "notes.txt").write_text("precious")
     lay = Layout(sparse=[], dense=[], hist=[], field_vocab={}, roles={})
-    with pytest.raises(FileExistsError, match="refusing"):
+    with pytest.raises(DataError, match="refusing"):
         DatasetWriter(keep, lay)
     assert (keep / "notes.txt").read_text() == "precious"
     DatasetWriter(tmp_path / "fresh", lay)

@@ -14,6 +14,7 @@ from ctrscale.data.generic import BadRowError, MissingColumnError, prepare_from_
 from ctrscale.schema import load_schema
 
 N = 20
+T0 = 1_600_000_000  # 2020-09-13: times must be plausible unix seconds (1980..2100)
 HEADER = ["user", "item", "cat", "price", "clicked", "ts", "hist_items", "hist_cats", "hist_ts", "fold"]
 
 SCHEMA = """
@@ -37,7 +38,7 @@ sequences:
 
 
 def make_rows(item=lambda i: f"i{i % 5}"):
-    """Event i: user u{i%4} at time 1000+10i; its history = the same user's earlier events. The last event's item
+    """Event i: user u{i%4} at time T0+10i; its history = the same user's earlier events. The last event's item
     'zz' appears only in the test split. Returned in file order: reversed, so the preparer has to sort."""
     items = [item(i) for i in range(N)]
     items[N - 1] = "zz" if item(0).startswith("i") else items[N - 1]
@@ -45,10 +46,10 @@ def make_rows(item=lambda i: f"i{i % 5}"):
     for i in range(N):
         prev = [j for j in range(i) if j % 4 == i % 4]
         rows.append({"user": f"u{i % 4}", "item": items[i], "cat": f"c{i % 3}", "price": str(i / 2),
-                     "clicked": str(i % 2), "ts": str(1000 + 10 * i),
+                     "clicked": str(i % 2), "ts": str(T0 + 10 * i),
                      "hist_items": "|".join(items[j] for j in prev),
                      "hist_cats": "|".join(f"c{j % 3}" for j in prev),
-                     "hist_ts": "|".join(str(1000 + 10 * j) for j in prev),
+                     "hist_ts": "|".join(str(T0 + 10 * j) for j in prev),
                      "fold": "train" if i < 14 else "valid" if i < 17 else "test"})
     return rows[::-1]
 
@@ -96,7 +97,7 @@ def test_clean_csv(tmp_path, clean):
     ds = PreparedDataset(tmp_path / "out")
     assert ds.spec.sparse == ("user_id", "item_id", "cat") and ds.spec.dense == ("price",)
     train = ds.gather("train", np.arange(16), 3)
-    assert train["time"].tolist() == [1000 + 10 * i for i in range(16)]  # stored in time order
+    assert train["time"].tolist() == [T0 + 10 * i for i in range(16)]  # stored in time order
     assert train["label"].tolist() == [i % 2 for i in range(16)]
     assert decode(ds, "item_id", train["sparse"][:, 1]) == [f"i{i % 5}" for i in range(16)]
     assert abs(train["dense"][:, 0].mean()) < 1e-6  # standardised with train statistics
@@ -114,12 +115,12 @@ def test_histories_round_trip(tmp_path, clean):
     hist_items = [decode(ds, "item_id", row[:, 0]) for row in g["hist"]]
     assert hist_items == [[None, None, None], [None, None, "i0"], [None, "i0", "i4"], ["i0", "i4", "i3"]]
     assert [decode(ds, "cat", row[:, 1]) for row in g["hist"]][3] == ["c0", "c1", "c2"]
-    assert g["hist_time"].tolist() == [[0, 0, 0], [0, 0, 1000], [0, 1000, 1040], [1000, 1040, 1080]]
+    assert g["hist_time"].tolist() == [[0, 0, 0], [0, 0, T0], [0, T0, T0 + 40], [T0, T0 + 40, T0 + 80]]
     t = ds.gather("test", np.array([1]), 3)  # event 19 (u3): history 3, 7, 11, 15, most recent 3 kept
     assert decode(ds, "item_id", t["hist"][0, :, 0]) == ["i2", "i1", "i0"]
-    assert t["hist_time"][0].tolist() == [1070, 1110, 1150]
+    assert t["hist_time"][0].tolist() == [T0 + 70, T0 + 110, T0 + 150]
     long = ds.gather("test", np.array([1]), 6)
-    assert long["hist_time"][0].tolist() == [0, 0, 1030, 1070, 1110, 1150]
+    assert long["hist_time"][0].tolist() == [0, 0, T0 + 30, T0 + 70, T0 + 110, T0 + 150]
     assert ds.report["splits"]["test"]["max_history_len"] == 4
 
 
@@ -299,7 +300,7 @@ def test_min_freq_makes_rare_values_oov(tmp_path):
 def test_split_column_and_request_key(tmp_path):
     rows = make_rows()
     for r in rows:
-        r["req"] = "r-" + r["user"] if r["ts"] in ("1000", "1010") else "r" + r["ts"]
+        r["req"] = "r-" + r["user"] if r["ts"] in (str(T0), str(T0 + 10)) else "r" + r["ts"]
     schema_path = write_schema(tmp_path)
     schema_path.write_text(schema_path.read_text().replace("time: ts\n", "time: ts\nrequest_key: req\n", 1))
     HEADER.append("req")

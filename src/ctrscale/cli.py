@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
 from pathlib import Path
+
+from .errors import CtrscaleError
 
 
 def cmd_ls(args) -> int:
@@ -19,18 +22,23 @@ def cmd_ls(args) -> int:
 
 def cmd_prepare(args) -> int:
     from .data import catalog
+
+    def usage(msg: str) -> int:
+        print(f"ctrscale data: error: {msg}", file=sys.stderr)
+        return 2
     if args.schema:
         from .data.generic import prepare_from_schema_file
         if not args.input or not args.out:
-            print("--schema needs --input FILE [FILE ...] and --out DIR", file=sys.stderr)
-            return 2
+            return usage("--schema needs --input FILE [FILE ...] and --out DIR")
         report = prepare_from_schema_file(args.schema, [Path(p) for p in args.input], Path(args.out),
-                                          on_bad_row=args.on_bad_row, split=args.split, force=args.force)
+                                          on_bad_row=args.on_bad_row, split=args.split, force=args.force,
+                                          time_unit=args.time_unit or "s")
         out = Path(args.out)
     else:
         if not args.name:
-            print(f"name a dataset ({', '.join(catalog.NAMES)}) or give --schema", file=sys.stderr)
-            return 2
+            return usage(f"name a dataset ({', '.join(catalog.NAMES)}) or give --schema")
+        if args.input or args.time_unit:
+            return usage("--input and --time-unit apply to the generic preparer: give --schema too")
         from .typed import apply_overrides
         options = apply_overrides({}, args.option or [])
         out, report = catalog.prepare(args.name, raw_dir=args.raw_dir, out=args.out, force=args.force, **options)
@@ -48,7 +56,7 @@ def cmd_train(args) -> int:
     from .train.recipe import fit
     cfg = load_config(args.config, args.overrides)
     try:
-        res = fit(cfg, resume=args.resume)
+        res = fit(cfg, resume=args.resume, overwrite=args.overwrite)
     finally:
         distributed = close_world()  # under torchrun: leave no collective thread running at exit
     if "test" in res:
@@ -112,6 +120,7 @@ def cmd_compare(args) -> int:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ctrscale", description=__doc__)
+    p.add_argument("--debug", action="store_true", help="show Python tracebacks for every error")
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("ls", help="list registered models")
     s.add_argument("-v", "--verbose", action="store_true")
@@ -128,13 +137,19 @@ def parser() -> argparse.ArgumentParser:
                    "n_users, n_items), taobao log_days, amazon negatives and seed, eleme timediff_seconds")
     s.add_argument("--schema", help="feature schema YAML for the generic preparer")
     s.add_argument("--input", nargs="+", help="CSV/Parquet files (generic preparer)")
-    s.add_argument("--on-bad-row", choices=["error", "skip"], default="error")
+    s.add_argument("--on-bad-row", choices=["error", "skip"], default="error",
+                   help="skip: drop bad rows and count them by reason in the report (an unclosed quote, or a "
+                   "quoted value spanning lines, is refused even then)")
     s.add_argument("--split", default="time", help="'time' (80/10/10 by time) or a column of train/valid/test")
+    s.add_argument("--time-unit", choices=["s", "ms", "us", "ns"], help="unit of the impression and behavior times "
+                   "(generic preparer; default s); stored as unix seconds, which must fall in 1980..2100")
     s.set_defaults(fn=cmd_prepare)
 
     s = sub.add_parser("train", help="train a model: --config X.yaml key=value ...")
     s.add_argument("--config")
     s.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    s.add_argument("--overwrite", action="store_true", help="train into a run folder that already holds a run, "
+                   "replacing its checkpoints and results (without it such a folder is refused)")
     s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.name=din train.epochs=2")
     s.set_defaults(fn=cmd_train)
 
@@ -143,6 +158,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--student", required=True, help="e.g. '{name: lightsuan}'")
     s.add_argument("--config")
     s.add_argument("--resume", action="store_true")
+    s.add_argument("--overwrite", action="store_true", help="replace the run already in the run folder")
     s.add_argument("overrides", nargs="*", help="e.g. distill.teacher_max_len=200 data.max_len=50")
     s.set_defaults(fn=cmd_distill)
 
@@ -190,8 +206,35 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command. ctrscale's own errors (bad input, a refused action) and the OS's file errors are printed as
+    one line and exit 2; any other exception is a bug and keeps its traceback. `--debug` shows every traceback."""
     args = parser().parse_args(argv)
-    return args.fn(args)
+    if args.debug:
+        return args.fn(args)
+    try:
+        return args.fn(args)
+    except (CtrscaleError, FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError,
+            NotADirectoryError) as e:
+        print(f"ctrscale {args.cmd}: error: {one_line(e)}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno == errno.ENOSPC:  # the disk is full: nothing to debug, but say where
+            print(f"ctrscale {args.cmd}: error: no space left on the device ({e.filename or 'while writing'}); "
+                  f"free some space and run the command again", file=sys.stderr)
+            return 2
+        raise
+    except KeyboardInterrupt:
+        print(f"ctrscale {args.cmd}: interrupted", file=sys.stderr)
+        return 130
+
+
+def one_line(e: BaseException) -> str:
+    """The error's message on one line (an OSError names its file)."""
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        text = f"{e.filename}: {e.strerror}"
+    else:
+        text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    return " ".join(text.split()) or type(e).__name__
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ A model entry is a registered name or `label:key=value;key=value`, a labelled va
 (applied after the shared ones), e.g. `suan-L500:model.name=suan;data.max_len=500` or
 `suan-E:model.name=suan;model.attention_bias=false`; without a `model` override the label's text before the
 first '-' names the model. Each (label, seed) is an ordinary training run under <out>/<label>-s<seed> (finished
-runs are reused, so a stopped comparison continues). The report gives test AUC / GAUC / logloss as mean ± std
+runs are reused only when their config equals the one asked for, and a stopped comparison continues; a run
+folder under another config is refused, naming the setting). The report gives test AUC / GAUC / logloss as mean ± std
 over seeds and, for each model against the first one, a paired t-test over seeds and a paired bootstrap over users
 of the seed-averaged test predictions. A second table and `valid_by_epoch.png` give each model's validation AUC /
 GAUC per epoch, averaged over the seeds that ran that epoch (early stopping may end a seed sooner)."""
@@ -19,8 +20,10 @@ import numpy as np
 
 from . import metrics
 from .demo import markdown_table, plot_epoch_curves
+from .errors import RunError
 from .train.config import load_config
 from .train.recipe import fit
+from .train.runs import config_drift
 
 
 def run_compare(data: str, models: list[str], seeds: list[int], out: Path, overrides: list[str] = (),
@@ -31,13 +34,18 @@ def run_compare(data: str, models: list[str], seeds: list[int], out: Path, overr
         model, own = parse_model_entry(entry)
         for seed in seeds:
             name = f"{model}-s{seed}"
+            cfg = load_config(config, [f"name={name}", f"out_dir={out}", f"data.name={data}",
+                                       f"train.seed={seed}", f"train.progress={str(progress).lower()}",
+                                       *overrides, *own])
             done = out / name / "results.json"
-            if done.exists():
+            if done.exists():  # reused only when it ran exactly the experiment asked for now
                 res = json.loads(done.read_text())
-            else:
-                cfg = load_config(config, [f"name={name}", f"out_dir={out}", f"data.name={data}",
-                                           f"train.seed={seed}", f"train.progress={str(progress).lower()}",
-                                           *overrides, *own])
+                drift = config_drift(res["config"], cfg.to_dict())
+                if drift:
+                    raise RunError(f"compare: {out / name} holds a finished run under another config than asked "
+                                   f"for now ({'; '.join(drift)}); compare into another --out, or remove that "
+                                   f"run folder to train it again")
+            else:  # a stopped run resumes (refused if its config differs)
                 res = fit(cfg, resume=True)
             runs.setdefault(model, []).append(res)
     report = summarize(runs, out)

@@ -30,7 +30,7 @@ def run_demo(out: Path, epochs: int = 2, models: list[str] | None = None, option
                                         f"train.progress={str(progress).lower()}"])
         if progress:
             print(f"== {name}")
-        results.append(fit(cfg))
+        results.append(fit(cfg, resume=True))  # a finished run is reused, a stopped one continues
     rows = [table_row(r) for r in results]
     text = markdown_table(rows)
     if progress:

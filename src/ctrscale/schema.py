@@ -21,6 +21,9 @@ tables) reads the same object, so a typo is caught once, here, with the file and
           - {name: item_id, vocab: item_id}   # shares the vocabulary (and embedding table) of field item_id
           - {name: rating}                    # a vocabulary of its own
     content: {path: item_content.npy, dim: 384, key: item_id}
+
+The label column may not also be an input: a field, a behavior field, the behavior times, the impression time, the
+user or request key reading the label's column is a target leak and is refused on load.
 """
 from __future__ import annotations
 
@@ -31,13 +34,14 @@ from typing import Any
 
 import yaml
 
-from .typed import ConfigError, from_dict
+from .errors import ConfigError, DataError
+from .typed import from_dict
 
 KINDS = ("categorical", "numeric")
 ROLES = ("user", "item", "context")
 
 
-class SchemaError(ValueError):
+class SchemaError(DataError):
     """A schema file that does not describe a usable dataset."""
 
 
@@ -176,8 +180,22 @@ def validate(s: Schema, where: str = "schema") -> None:
             if sf.vocab is not None and sf.vocab not in cat:
                 raise SchemaError(f"{where}: sequence {seq.name!r} field {sf.name!r}: vocab {sf.vocab!r} "
                                   f"is not a categorical field (have {sorted(cat)})")
+    _check_leaks(s, where)
     if s.content is not None:
         if s.content.key not in cat:
             raise SchemaError(f"{where}: content.key {s.content.key!r} is not a categorical field")
         if s.content.dim < 1:
             raise SchemaError(f"{where}: content.dim must be >= 1")
+
+
+def _check_leaks(s: Schema, where: str) -> None:
+    """The label's column read as an input would hand the model the answer."""
+    uses = [(f"field {f.name!r}", f.source) for f in s.fields]
+    for seq in s.sequences:
+        uses += [(f"sequence {seq.name!r} field {f.name!r}", f.source) for f in seq.fields]
+        uses.append((f"sequence {seq.name!r} time", seq.time))
+    uses += [("time", s.time), ("user_key", s.user_key)] + ([("request_key", s.request_key)] if s.request_key else [])
+    for what, column in uses:
+        if column == s.label:
+            raise SchemaError(f"{where}: {what} reads column {column!r}, which is the label: a target leak (the "
+                              f"model would see the answer); remove it or point it at another column")

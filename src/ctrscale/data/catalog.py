@@ -8,6 +8,7 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..errors import ConfigError
 from .dataset import PreparedDataset
 
 RAW_FOLDERS = {"ml100k-ctr-v1": "ml-100k", "ml1m-u2999-ctr-v1": "ml-1m-u2999", "ml1m-ctr-v1": "ml-1m",
@@ -57,12 +58,12 @@ def prepare(name: str, raw_dir: str | None = None, out: str | Path | None = None
             return out, preparer(find_raw(name, raw_dir), out, force=force, **options)
     if name in RAW_FOLDERS:
         if options:
-            raise ValueError(f"{name} takes no options, got {sorted(options)}")
+            raise ConfigError(f"{name} takes no options, got {sorted(options)}")
         from .movielens import prepare_movielens
         out = Path(out) if out else home() / "prepared" / name
         with _preparing(out):
             return out, prepare_movielens(name, find_raw(name, raw_dir), out, force=force)
-    raise KeyError(f"unknown dataset {name!r}; known: {NAMES} (or give a prepared folder as data.path)")
+    raise ConfigError(f"data.name: unknown dataset {name!r}; known: {NAMES} (or give a prepared folder as data.path)")
 
 
 @contextmanager

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import DataError
 from ..schema import load_schema
 from .prepare import join_by_key, request_ids, time_split, write_prepared
-from .store import fingerprint, is_prepared
+from .store import TIME_MAX, TIME_MIN, TIME_RANGE, check_inputs_outside, check_output, fingerprint, is_prepared
 
 ML1M_GENRES = ["Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
                "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War",
@@ -107,16 +108,20 @@ def prepare_movielens(name: str, raw_dir: str | Path, out: str | Path, force: bo
     missing = [f if isinstance(f, str) else " or ".join(f) for f, p in zip(files, present) if p is None]
     if missing:
         raise FileNotFoundError(f"{raw_dir}: missing {missing} for {name}")
+    check_inputs_outside(out, [raw_dir])  # replacing `out` would delete the raw files
     schema = load_schema(schema_path(name))
     content_file = raw_dir / schema.content.path if schema.content is not None else None
     has_content = content_file is not None and content_file.exists()
     fp = fingerprint(name, VERSION, schema.to_dict(), files=present + ([content_file] if has_content else []))
     if not force and is_prepared(out, fp):
         return None
+    check_output(out)
     user, item, rating, ts, users, items = load(raw_dir)
-    if (ts <= 0).any():
-        bad = int(np.argmax(ts <= 0))
-        raise ValueError(f"{present[0]}: row {bad + 1}: field timestamp: non-positive value {ts[bad]}")
+    far = (ts < TIME_MIN) | (ts >= TIME_MAX)
+    if far.any():
+        bad = int(np.argmax(far))
+        raise DataError(f"{present[0]}: row {bad + 1}: field timestamp: {ts[bad]} is not a unix time in seconds "
+                        f"within {TIME_RANGE}; the file is not in the {name} format")
 
     order = np.lexsort((item, user, ts))  # by timestamp, then user, then item
     user, item, rating, ts = user[order], item[order], rating[order], ts[order]

@@ -37,7 +37,9 @@ def write_prepared(root: str | Path, *, schema: Schema, fp: str, rows: dict[str,
                    shard_rows: int = 1_000_000, extra: dict | None = None) -> dict:
     """rows: raw values per non-behavioral field plus 'label', 'time', 'user', 'request';
     split: 0/1/2 per row (train/valid/test), rows in the order they should be stored;
-    log: raw values per behavior field plus 'time' (unix seconds, > 0)."""
+    log: raw values per behavior field plus 'time' (unix seconds, > 0). Impression and behavior times outside
+    1980-01-01 .. 2100-01-01 are refused (store.check_times) and `root` is replaced only when complete
+    (store.DatasetWriter)."""
     lay = layout_of(schema)
     train = split == 0
     vocabs = {f.name: Vocab.fit(rows[f.name][train], f.min_freq) for f in schema.categorical}
@@ -69,17 +71,18 @@ def write_prepared(root: str | Path, *, schema: Schema, fp: str, rows: dict[str,
         content[2:][ok] = content_raw[raw_ids[ok]]
 
     w = DatasetWriter(root, lay, shard_rows)
-    w.append_log(log_ids, log.get("time", np.zeros(0, np.int64)))
-    for s, name in enumerate(SPLITS):
-        m = split == s
-        w.append_rows(name, sparse=sparse[m], dense=dense[m], label=rows["label"][m], time=rows["time"][m],
-                      user=rows["user"][m], request=rows["request"][m], hist_start=hist_start[m],
-                      hist_end=hist_end[m])
-    max_len = seq.max_len if seq else 0
-    extra = {**(extra or {}), "numeric_standardisation": {f: [float(a), float(b)]
-                                                           for f, a, b in zip(lay.dense, mean, std)}}
-    return w.finish(name=schema.name, fp=fp, vocabs=vocabs, max_len=max_len, schema=schema.to_dict(),
-                    content=content, bad_rows=bad_rows, extra=extra)
+    with w.aborting():  # whatever fails from here on, `root` keeps its previous preparation
+        w.append_log(log_ids, log.get("time", np.zeros(0, np.int64)))
+        for s, name in enumerate(SPLITS):
+            m = split == s
+            w.append_rows(name, sparse=sparse[m], dense=dense[m], label=rows["label"][m], time=rows["time"][m],
+                          user=rows["user"][m], request=rows["request"][m], hist_start=hist_start[m],
+                          hist_end=hist_end[m])
+        max_len = seq.max_len if seq else 0
+        extra = {**(extra or {}), "numeric_standardisation": {f: [float(a), float(b)]
+                                                               for f, a, b in zip(lay.dense, mean, std)}}
+        return w.finish(name=schema.name, fp=fp, vocabs=vocabs, max_len=max_len, schema=schema.to_dict(),
+                        content=content, bad_rows=bad_rows, extra=extra)
 
 
 def time_split(n: int, fractions=(0.8, 0.1, 0.1)) -> np.ndarray:

@@ -1,5 +1,6 @@
 """The prepared-dataset layout: vocabularies, a behavior log and columnar shards of impressions.
 
+    <root>/.ctrscale-prepared    the marker: this folder was made by ctrscale and may be replaced by it
     <root>/meta.json             written last: its presence marks a finished preparation
     <root>/report.json|.md       rows per split, bad rows by reason, vocab sizes, history-length histogram
     <root>/vocab/<name>.json     raw values by id (0 = pad, 1 = OOV)
@@ -12,23 +13,44 @@ Histories are stored once in the log and referenced by [start, end) ranges, so o
 max_len (sweeps over history length need that) and a user's shared history is not copied per impression.
 Columns are raw little-endian binaries with dtype and shape in columns.json, so they can be written as a stream
 and read back as memory maps.
+
+A user's files are never deleted. An existing output folder is replaced only when it carries the marker and holds
+nothing but what a preparation writes there (`_OURS`); any other non-empty folder is refused with a DataError. A
+preparation is written into the sibling `<root>.partial-<pid>` (marked) and swapped in only once complete (the old
+folder is renamed to `<root>.old-<pid>`, the new one renamed in, then the old one deleted), so a failed or
+interrupted preparation leaves the previous one intact. Leftovers of dead processes are cleaned up (or, when a swap
+was cut between its two renames, the old folder restored) by the next preparation or `is_prepared` check.
+
+Times are unix seconds; every impression and behavior time must lie in [TIME_MIN, TIME_MAX) = [1980-01-01,
+2100-01-01), so milliseconds (or a wrong unit) read as seconds are refused instead of silently stored.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
 import shutil
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..errors import DataError
+
 PAD, OOV = 0, 1
 FORMAT_VERSION = 1
 SPLITS = ("train", "valid", "test")
 MARKER = ".ctrscale-prepared"
+TIME_MIN = 315_532_800      # 1980-01-01 00:00 UTC: older "unix seconds" are almost surely another unit or offset
+TIME_MAX = 4_102_444_800    # 2100-01-01 00:00 UTC: milliseconds read as seconds land near the year 55000
+TIME_RANGE = "1980-01-01 .. 2100-01-01 (unix seconds 315532800 .. 4102444799)"
+# Paths (relative, '/'-separated) a preparation writes in its folder; anything else there is the user's.
+_OURS = re.compile(r"\.ctrscale-prepared|meta\.json|report\.json|report\.md|content\.npy|[^/]*\.tmp"
+                   r"|vocab(/[^/]+\.(json|tmp))?|log(/[^/]+\.(bin|json|tmp))?"
+                   r"|(train|valid|test)(/shard-\d+(/[^/]+\.(bin|json|tmp))?)?")
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -135,8 +157,113 @@ def fingerprint(*parts, files: list[str | Path] = ()) -> str:
 
 
 def is_prepared(root: str | Path, fp: str) -> bool:
-    meta = Path(root) / "meta.json"
-    return meta.exists() and json.loads(meta.read_text()).get("fingerprint") == fp
+    root = Path(root)
+    recover(root)
+    meta = root / "meta.json"
+    if not meta.is_file():
+        return False
+    try:
+        return json.loads(meta.read_text()).get("fingerprint") == fp
+    except (ValueError, AttributeError):  # a damaged (or foreign) meta.json: not this preparation
+        return False
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The output folder: never delete what is not ours; swap a finished preparation in atomically
+
+
+def _foreign(folder: Path) -> str | None:
+    """The first path in `folder` a preparation does not write (relative), or None when all of it is ours."""
+    for dirpath, dirnames, filenames in os.walk(folder):
+        rel = Path(dirpath).relative_to(folder)
+        for name in sorted(dirnames) + sorted(filenames):
+            path = (rel / name).as_posix()
+            if not _OURS.fullmatch(path):
+                return path
+    return None
+
+
+def _ours(folder: Path) -> bool:
+    """A folder ctrscale marked and that holds nothing else: safe to delete."""
+    return folder.is_dir() and not folder.is_symlink() and (folder / MARKER).is_file() and _foreign(folder) is None
+
+
+def check_output(root: str | Path) -> None:
+    """Refuse an output folder that a preparation must not replace: one holding anything ctrscale did not write
+    there, or one ctrscale did not mark. A missing or empty folder is fine."""
+    root = Path(root)
+    if not root.exists():
+        return
+    if not root.is_dir():
+        raise DataError(f"{root}: exists and is not a folder; choose another --out")
+    entries = sorted(p.name for p in root.iterdir())
+    if not entries:
+        return
+    if MARKER not in entries:
+        raise DataError(f"{root}: the folder exists and holds files (e.g. {entries[0]!r}) but was not made by "
+                        f"`ctrscale data prepare` (no {MARKER} marker); refusing to write into it. Choose another "
+                        f"--out (a new or empty folder), or remove the folder yourself")
+    foreign = _foreign(root)
+    if foreign is not None:
+        raise DataError(f"{root}: holds {foreign!r}, which a preparation does not write; refusing to replace the "
+                        f"folder. Choose another --out, or move that file out of it (or remove the folder yourself)")
+
+
+def check_inputs_outside(root: str | Path, inputs) -> None:
+    """Refuse input files or folders inside (or equal to) the output folder: replacing it would delete them."""
+    out = Path(root).resolve()
+    for p in inputs:
+        if p is None:
+            continue
+        r = Path(p).resolve()
+        if r == out or out in r.parents:
+            raise DataError(f"{p}: the input lies inside the output folder {root}, which a preparation replaces; "
+                            f"choose an --out outside the inputs' folders")
+
+
+def _siblings(root: Path):
+    """(path, kind 'partial' | 'old', pid) of the temporary folders preparations of `root` leave beside it."""
+    pat = re.compile(re.escape(root.name) + r"\.(partial|old)-(\d+)")
+    if not root.parent.is_dir():
+        return []
+    found = [(p, m.group(1), int(m.group(2))) for p in root.parent.iterdir() if (m := pat.fullmatch(p.name))]
+    return sorted(found, key=lambda x: x[0].name)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # an earlier, abandoned attempt of this process
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists but belongs to someone else
+        return True
+    return True
+
+
+def recover(root: str | Path) -> None:
+    """Tidy up after preparations of `root` that died: when a swap was cut between its two renames (no `root`,
+    an old folder aside), put the old preparation back; delete the other leftovers that are ours. Folders of a
+    process still running, and anything not ours, are left alone."""
+    root = Path(root)
+    for path, kind, pid in _siblings(root):
+        if _alive(pid) or not _ours(path):
+            continue
+        if kind == "old" and not root.exists() and (path / "meta.json").is_file():
+            os.rename(path, root)
+        else:
+            shutil.rmtree(path)
+
+
+def check_times(times: np.ndarray, what: str) -> None:
+    """Every time must be unix seconds in [TIME_MIN, TIME_MAX); `what` names them for the message."""
+    t = np.asarray(times)
+    bad = (t < TIME_MIN) | (t >= TIME_MAX)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise DataError(f"{what}: {int(bad.sum())} time(s) outside {TIME_RANGE}, e.g. {int(t[i])} "
+                        f"(position {i}); the raw times are not unix seconds: check their unit")
 
 
 @dataclass
@@ -150,17 +277,21 @@ class Layout:
 
 
 class DatasetWriter:
-    """Streams a preparation to disk: shards per split, the behavior log, vocabularies, then meta.json."""
+    """Streams a preparation to disk: shards per split, the behavior log, vocabularies, then meta.json. Everything
+    is written into `<root>.partial-<pid>` and swapped into `root` by finish(); a failure on the way removes the
+    partial folder and leaves `root` as it was."""
 
     def __init__(self, root: str | Path, layout: Layout, shard_rows: int = 1_000_000):
-        self.root = Path(root)
-        if self.root.exists():
-            # Replace only an earlier preparation (finished or half-written), never an unrelated folder.
-            ours = (self.root / "meta.json").exists() or (self.root / MARKER).exists()
-            if not ours and any(self.root.iterdir()):
-                raise FileExistsError(f"{self.root}: exists and is not a prepared dataset; refusing to overwrite")
-            shutil.rmtree(self.root)
-        self.root.mkdir(parents=True)
+        final = Path(os.path.abspath(root))  # "." or "out/" get a name the temporary siblings can extend
+        if final.is_symlink():  # replace the folder the link points to, keep the link
+            final = final.resolve()
+        check_output(final)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        recover(final)
+        self.final = final
+        self.root = final.with_name(f"{final.name}.partial-{os.getpid()}")
+        self._swapped = False
+        self.root.mkdir()
         (self.root / MARKER).touch()
         self.layout = layout
         self.shard_rows = shard_rows
@@ -169,17 +300,61 @@ class DatasetWriter:
         self.stats = {s: {"rows": 0, "positives": 0} for s in SPLITS}
         self._hist_lens: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
 
+    def abort(self) -> None:
+        """Drop the partial preparation (the previous one in `final`, if any, stays)."""
+        if self._swapped:
+            return
+        for w in [self.log, *(w for ws in self._shards.values() for w in ws)]:
+            for f in w.files.values():
+                f.close()
+        if _ours(self.root):
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def _swap_in(self) -> None:
+        check_output(self.final)  # again: files may have been put there while we prepared
+        old = None
+        if self.final.exists():
+            old = self.final.with_name(f"{self.final.name}.old-{os.getpid()}")
+            if old.exists() and _ours(old):
+                shutil.rmtree(old)
+            os.rename(self.final, old)
+        try:
+            os.rename(self.root, self.final)
+        except BaseException:
+            if old is not None:
+                os.rename(old, self.final)
+            raise
+        self.root, self._swapped = self.final, True
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)  # what is left is removed by the next recover()
+
     def append_log(self, ids: np.ndarray, times: np.ndarray) -> int:
         """Append behaviors (ids [E, F_hist] int32, unix seconds [E]); returns the offset of the first one."""
-        base = self.log.rows
-        if len(ids):
-            self.log.append(ids=ids.astype(np.int32), time=times.astype(np.int64))
-        return base
+        with self.aborting():
+            base = self.log.rows
+            if len(ids):
+                check_times(times, f"preparing {self.final}: behavior log")
+                self.log.append(ids=ids.astype(np.int32), time=times.astype(np.int64))
+            return base
+
+    @contextmanager
+    def aborting(self):
+        """Any failure while writing (a full disk, refused data, an interrupt) drops the partial folder."""
+        try:
+            yield
+        except BaseException:
+            self.abort()
+            raise
 
     def append_rows(self, split: str, *, sparse, dense, label, time, user, request, hist_start, hist_end) -> None:
         n = len(label)
         if n == 0:
             return
+        with self.aborting():
+            check_times(time, f"preparing {self.final}: {split} impressions")
+            self._append_rows(split, n, sparse, dense, label, time, user, request, hist_start, hist_end)
+
+    def _append_rows(self, split, n, sparse, dense, label, time, user, request, hist_start, hist_end) -> None:
         lab = np.asarray(label)
         cols = dict(sparse=np.asarray(sparse, np.int32).reshape(n, len(self.layout.sparse)),
                     dense=np.asarray(dense, np.float32).reshape(n, len(self.layout.dense)),
@@ -202,6 +377,12 @@ class DatasetWriter:
 
     def finish(self, *, name: str, fp: str, vocabs: dict[str, Vocab], max_len: int, schema: dict | None = None,
                content: np.ndarray | None = None, bad_rows: dict | None = None, extra: dict | None = None) -> dict:
+        with self.aborting():
+            report = self._finish(name, fp, vocabs, max_len, schema, content, bad_rows, extra)
+            self._swap_in()
+        return report
+
+    def _finish(self, name, fp, vocabs, max_len, schema, content, bad_rows, extra) -> dict:
         for shards in self._shards.values():
             shards[-1].close()
         self.log.close()
@@ -237,7 +418,31 @@ class DatasetWriter:
                 "history_len_histogram": {f"[{edges[i]},{edges[i + 1]})" if i < len(edges) - 2
                                           else f">={edges[i]}": int(c) for i, c in enumerate(hist)},
             }
+        rep["warnings"] = [*rep.get("warnings", []), *_warnings(rep)]
         return rep
+
+
+def _warnings(rep: dict) -> list[str]:
+    """What passes preparation but spoils a result: a split a run cannot evaluate, histories that may leak."""
+    out = []
+    for s, r in rep["splits"].items():
+        n, pos = r["rows"], r["positives"]
+        if n == 0:
+            out.append(f"split {s!r} is empty: a run needs rows in train, valid and test; check the split "
+                       f"(or the input's size)")
+        elif pos in (0, n):
+            out.append(f"split {s!r}: all {n:,} labels are {int(pos > 0)}: AUC is undefined on a single class, so "
+                       f"a run cannot be evaluated on it; check the label column and the split")
+    checks = rep.get("history_checks") or {}
+    late = checks.get("rows_with_behaviors_not_before_impression", 0)
+    unsorted = checks.get("rows_with_unsorted_history", 0)
+    if late:
+        out.append(f"{late:,} row(s) have behaviors at or after their impression's time: the history may leak "
+                   f"what happened after the impression; check the behavior times")
+    if unsorted:
+        out.append(f"{unsorted:,} row(s) have a history not sorted oldest first: models take the most recent "
+                   f"behaviors from its end; sort each history by time")
+    return out
 
 
 def report_markdown(rep: dict) -> str:
@@ -254,4 +459,14 @@ def report_markdown(rep: dict) -> str:
     for b in buckets:
         counts = " | ".join(str(r["history_len_histogram"][b]) for r in rep["splits"].values())
         lines.append(f"| {b} | {counts} |")
+    if "rows_read" in rep:
+        lines += ["", f"Rows read: {rep['rows_read']:,}"
+                  + (f" (CSV data lines: {rep['lines_read']:,})" if rep.get("lines_read") else "")
+                  + f"; written: {rep.get('rows_written', 0):,}; skipped: {sum(rep['bad_rows_skipped'].values()):,}"]
+    if "time_unit" in rep:
+        unit = {"s": "seconds", "ms": "milliseconds", "us": "microseconds", "ns": "nanoseconds"}[rep["time_unit"]]
+        lines += ["", f"Times read as unix {unit} (time_unit {rep['time_unit']})"
+                  + (", stored as unix seconds." if rep["time_unit"] != "s" else ".")]
+    if rep.get("warnings"):
+        lines += ["", "Warnings:", ""] + [f"- WARNING: {w}" for w in rep["warnings"]]
     return "\n".join(lines) + "\n"

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from ..batch import Batch
 from ..data.dataset import DataSpec
+from ..typed import checked
 from .fields import TokenInputConfig, TokenInputModel
 from .layers import MLP
 from .registry import register
@@ -26,16 +27,11 @@ from .registry import register
 
 @dataclass
 class AutoIntConfig(TokenInputConfig):
-    layers: int = 2
-    heads: int = 2
-    head_dim: int = 32            # attention width per head d'; a layer outputs heads * head_dim per token
-    head_hidden: tuple[int, ...] = (256, 64)
-    dropout: float = 0.0
-
-    def __post_init__(self):
-        super().__post_init__()
-        if min(self.layers, self.heads, self.head_dim) < 1:
-            raise ValueError("layers, heads and head_dim must be >= 1")
+    layers: int = checked(2, ge=1)
+    heads: int = checked(2, ge=1)
+    head_dim: int = checked(32, ge=1)  # attention width per head d'; a layer outputs heads * head_dim per token
+    head_hidden: tuple[int, ...] = checked((256, 64), ge=1)
+    dropout: float = checked(0.0, ge=0, lt=1)
 
 
 class InteractingLayer(nn.Module):

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from ..batch import Batch
 from ..data.dataset import DataSpec
+from ..typed import checked
 from .base import CTRModel
 from .layers import MLP, FeatureEmbedding, masked_mean, require_history
 from .registry import register
@@ -24,12 +25,12 @@ from .registry import register
 
 @dataclass
 class BSTConfig:
-    embed_dim: int = 8
-    layers: int = 2
-    heads: int = 2
-    ffn_mult: int = 4
-    head_hidden: tuple[int, ...] = (1024, 512, 256)
-    dropout: float = 0.0
+    embed_dim: int = checked(8, ge=1)
+    layers: int = checked(2, ge=1)
+    heads: int = checked(2, ge=1)
+    ffn_mult: int = checked(4, ge=1)
+    head_hidden: tuple[int, ...] = checked((1024, 512, 256), ge=1)
+    dropout: float = checked(0.0, ge=0, lt=1)
 
 
 class BSTLayer(nn.Module):

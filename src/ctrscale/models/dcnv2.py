@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from ..batch import Batch
 from ..data.dataset import DataSpec
+from ..typed import check, checked
 from .fields import TokenInputConfig, TokenInputModel
 from .layers import MLP
 from .registry import register
@@ -26,19 +27,17 @@ STRUCTURES = ("parallel", "stacked")
 
 @dataclass
 class DCNv2Config(TokenInputConfig):
-    cross_layers: int = 3
-    rank: int = 0                 # 0: full-rank W; r > 0: W = U V^T with U, V of shape (D, r)
-    structure: str = "parallel"   # parallel (cross beside deep, concatenated) | stacked (deep on the cross output)
-    deep_hidden: tuple[int, ...] = (256, 128)
-    head_hidden: tuple[int, ...] = (256, 64)
-    dropout: float = 0.0
+    cross_layers: int = checked(3, ge=0)
+    rank: int = checked(0, ge=0)  # 0: full-rank W; r > 0: W = U V^T with U, V of shape (D, r)
+    structure: str = checked("parallel", choices=STRUCTURES)  # parallel (cross beside deep, concatenated) |
+                                                              # stacked (deep on the cross output)
+    deep_hidden: tuple[int, ...] = checked((256, 128), ge=1)
+    head_hidden: tuple[int, ...] = checked((256, 64), ge=1)
+    dropout: float = checked(0.0, ge=0, lt=1)
 
     def __post_init__(self):
         super().__post_init__()
-        if self.structure not in STRUCTURES:
-            raise ValueError(f"structure must be one of {STRUCTURES}, got {self.structure!r}")
-        if self.rank < 0 or self.cross_layers < 0:
-            raise ValueError("rank and cross_layers must be >= 0")
+        check(self.structure, "structure", choices=STRUCTURES)
 
 
 class CrossLayer(nn.Module):

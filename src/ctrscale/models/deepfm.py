@@ -13,6 +13,7 @@ from torch import Tensor
 
 from ..batch import Batch
 from ..data.dataset import DataSpec
+from ..typed import checked
 from .ffm import LinearTerm
 from .fields import TokenInputConfig, TokenInputModel
 from .layers import MLP
@@ -22,9 +23,9 @@ from .registry import register
 @dataclass
 class DeepFMConfig(TokenInputConfig):
     inputs: str = "fields"
-    dim: int = 16                 # the shared embedding width
-    hidden: tuple[int, ...] = (256, 128)
-    dropout: float = 0.0
+    dim: int = checked(16, ge=1)  # the shared embedding width
+    hidden: tuple[int, ...] = checked((256, 128), ge=1)
+    dropout: float = checked(0.0, ge=0, lt=1)
 
 
 @register("deepfm", DeepFMConfig, "DeepFM: factorization machine and MLP over shared field embeddings")

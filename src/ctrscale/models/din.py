@@ -8,6 +8,7 @@ from torch import Tensor
 
 from ..batch import Batch
 from ..data.dataset import DataSpec
+from ..typed import checked
 from .base import CTRModel
 from .layers import MLP, FeatureEmbedding, TargetAttention
 from .registry import register
@@ -15,11 +16,11 @@ from .registry import register
 
 @dataclass
 class DINConfig:
-    embed_dim: int = 16
-    hidden: tuple[int, ...] = (200, 80)
-    attention_hidden: tuple[int, ...] = (80, 40)
+    embed_dim: int = checked(16, ge=1)
+    hidden: tuple[int, ...] = checked((200, 80), ge=1)
+    attention_hidden: tuple[int, ...] = checked((80, 40), ge=1)
     attention_softmax: bool = False  # the paper leaves weights unnormalised
-    dropout: float = 0.0
+    dropout: float = checked(0.0, ge=0, lt=1)
 
 
 @register("din", DINConfig, "DIN: candidate-to-history target attention")

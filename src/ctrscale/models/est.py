@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from ..batch import Batch
 from ..data.dataset import DataSpec
+from ..typed import ConfigError, check, checked
 from .attention import RMSNorm, SwiGLU
 from .content import content_topk, csa_apply
 from .layers import MLP, TokenLinear, TokenSwiGLU, masked_softmax
@@ -45,23 +46,21 @@ SCORE_BUDGET = 1 << 22  # request scoring: LCA score floats per candidate chunk
 
 @dataclass
 class ESTConfig(UnifiedInputConfig):
-    layers: int = 2               # (the paper: 6)
-    heads: int = 4
-    ffn_mult: int = 2             # SwiGLU hidden width = ffn_mult * dim
-    attention: str = "est"        # est (LCA + CSA) | lca (LCA only) | full (Full-Attention over [N ; S])
-    csa_k: int = 8                # neighbours per behavior in CSA (ours)
-    csa_tau: float = 0.1          # softmax temperature over their cosines (ours)
+    layers: int = checked(2, ge=1)              # (the paper: 6)
+    heads: int = checked(4, ge=1)
+    ffn_mult: int = checked(2, ge=1)            # SwiGLU hidden width = ffn_mult * dim
+    attention: str = checked("est", choices=ATTENTIONS)  # est (LCA + CSA) | lca (LCA only) | full (Full-Attention
+                                                         # over [N ; S])
+    csa_k: int = checked(8, ge=1)               # neighbours per behavior in CSA (ours)
+    csa_tau: float = checked(0.1, gt=0)         # softmax temperature over their cosines (ours)
     csa_value: bool = False       # variant: a shared value projection inside CSA
-    head_hidden: tuple[int, ...] = (256, 64)
-    dropout: float = 0.0
+    head_hidden: tuple[int, ...] = checked((256, 64), ge=1)
+    dropout: float = checked(0.0, ge=0, lt=1)
 
     def __post_init__(self):
-        if self.attention not in ATTENTIONS:
-            raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
-        if self.dim % self.heads:
-            raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
-        if self.csa_k < 1 or self.csa_tau <= 0:
-            raise ValueError("csa_k must be >= 1 and csa_tau > 0")
+        check(self.attention, "attention", choices=ATTENTIONS)
+        if self.heads >= 1 and self.dim % self.heads:
+            raise ConfigError(f"heads: must divide dim ({self.dim}), got {self.heads}")
 
 
 def lca(q: Tensor, k_u: Tensor, v_u: Tensor, mask_u: Tensor, k_c: Tensor, v_c: Tensor, mask_c: Tensor) -> Tensor:

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from ..batch import Batch
 from ..data.dataset import DataSpec
+from ..typed import ConfigError, check, checked
 from .base import CTRModel
 from .fields import FieldTokens
 from .layers import MLP
@@ -42,31 +43,29 @@ ALPHAS = ("shared", "per_head", "none")
 
 @dataclass
 class FATConfig:
-    embed_dim: int = 16
-    dim: int = 64                 # token width d
-    numeric_buckets: int = 16
-    layers: int = 2
-    heads: int = 4
-    ffn_mult: int = 2
+    embed_dim: int = checked(16, ge=1)
+    dim: int = checked(64, ge=1)                # token width d
+    numeric_buckets: int = checked(16, ge=2)
+    layers: int = checked(2, ge=1)
+    heads: int = checked(4, ge=1)
+    ffn_mult: int = checked(2, ge=1)
     field_bias: bool = True
-    alpha: str = "shared"         # shared by heads | per_head | none (all ones, not learned)
-    projections: str = "hyper"    # hyper | full | shared | pair (see the module docstring)
-    bases: int = 16               # M, per layer and projection kind
-    meta_dim: int = 32            # k_meta, the field meta-embedding size
-    top_k: int = 3                # bases kept per field
-    router_hidden: int = 64
-    head_hidden: tuple[int, ...] = ()
-    dropout: float = 0.0
+    alpha: str = checked("shared", choices=ALPHAS)       # shared by heads | per_head | none (all ones, not learned)
+    projections: str = checked("hyper", choices=PROJECTIONS)  # hyper | full | shared | pair (the module docstring)
+    bases: int = checked(16, ge=1)              # M, per layer and projection kind
+    meta_dim: int = checked(32, ge=1)           # k_meta, the field meta-embedding size
+    top_k: int = checked(3, ge=1)               # bases kept per field
+    router_hidden: int = checked(64, ge=1)
+    head_hidden: tuple[int, ...] = checked((), ge=1)
+    dropout: float = checked(0.0, ge=0, lt=1)
 
     def __post_init__(self):
-        if self.projections not in PROJECTIONS:
-            raise ValueError(f"projections must be one of {PROJECTIONS}, got {self.projections!r}")
-        if self.alpha not in ALPHAS:
-            raise ValueError(f"alpha must be one of {ALPHAS}, got {self.alpha!r}")
-        if self.heads < 1 or self.dim % self.heads:
-            raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
+        check(self.projections, "projections", choices=PROJECTIONS)
+        check(self.alpha, "alpha", choices=ALPHAS)
+        if self.heads >= 1 and self.dim % self.heads:
+            raise ConfigError(f"heads: must divide dim ({self.dim}), got {self.heads}")
         if not 1 <= self.top_k <= self.bases:
-            raise ValueError(f"top_k must be in [1, bases={self.bases}], got {self.top_k}")
+            raise ConfigError(f"top_k: must be in [1, bases={self.bases}], got {self.top_k}")
 
 
 def route(logits: Tensor, k: int) -> Tensor:
@@ -221,8 +220,8 @@ class FAT(CTRModel):
 @dataclass
 class TransformerConfig(FATConfig):
     field_bias: bool = False
-    alpha: str = "none"
-    projections: str = "shared"
+    alpha: str = checked("none", choices=ALPHAS)
+    projections: str = checked("shared", choices=PROJECTIONS)
 
 
 @register("transformer", TransformerConfig, "Plain transformer over field tokens (FAT with field awareness off)")

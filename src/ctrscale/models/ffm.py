@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from ..batch import Batch
 from ..data.dataset import DataSpec
+from ..typed import checked
 from .base import CTRModel
 from .layers import FeatureEmbedding, masked_mean
 from .registry import register
@@ -22,7 +23,7 @@ from .registry import register
 
 @dataclass
 class FFMConfig:
-    latent_dim: int = 4           # k, per (feature, field) pair
+    latent_dim: int = checked(4, ge=1)  # k, per (feature, field) pair
 
 
 class FieldValues(nn.Module):

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from ..batch import Batch
 from ..data.dataset import DataSpec
+from ..typed import ConfigError, checked
 from .layers import FeatureEmbedding, TargetAttention, TokenLinear
 from .tokens import PooledInputs, UnifiedInputConfig, UnifiedInputModel, candidate_sequence_of
 
@@ -90,11 +91,11 @@ class TokenInputConfig(UnifiedInputConfig):
     """Inputs of the hierarchical baselines: the EST paper's pooled unified tokens or the FAT paper's field tokens.
     (cand_seq_* and simtier_bins apply to "pooled" only; numeric_buckets to "fields" only.)"""
     inputs: str = "pooled"
-    numeric_buckets: int = 16
+    numeric_buckets: int = checked(16, ge=2)
 
     def __post_init__(self):
         if self.inputs not in INPUTS:
-            raise ValueError(f"inputs must be one of {INPUTS}, got {self.inputs!r}")
+            raise ConfigError(f"inputs must be one of {INPUTS}, got {self.inputs!r}")
 
 
 class TokenInputModel(UnifiedInputModel):

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from ..batch import Batch
 from ..data.dataset import DataSpec
+from ..typed import ConfigError, checked
 from .attention import RMSNorm
 from .fields import TokenInputConfig, TokenInputModel
 from .layers import MLP, TokenLinear, TokenSwiGLU
@@ -28,16 +29,16 @@ from .registry import register
 
 @dataclass
 class HiFormerConfig(TokenInputConfig):
-    layers: int = 2
-    heads: int = 4
-    ffn_mult: int = 2             # per-token SwiGLU hidden width = ffn_mult * dim
-    head_hidden: tuple[int, ...] = (256, 64)
-    dropout: float = 0.0
+    layers: int = checked(2, ge=1)
+    heads: int = checked(4, ge=1)
+    ffn_mult: int = checked(2, ge=1)            # per-token SwiGLU hidden width = ffn_mult * dim
+    head_hidden: tuple[int, ...] = checked((256, 64), ge=1)
+    dropout: float = checked(0.0, ge=0, lt=1)
 
     def __post_init__(self):
         super().__post_init__()
-        if self.heads < 1 or self.dim % self.heads:
-            raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
+        if self.heads >= 1 and self.dim % self.heads:
+            raise ConfigError(f"heads: must divide dim ({self.dim}), got {self.heads}")
 
 
 class HeterogeneousAttention(nn.Module):

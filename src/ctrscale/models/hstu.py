@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from ..batch import Batch
 from ..data.dataset import DataSpec
+from ..typed import checked
 from .attention import TimePositionBias
 from .base import CTRModel
 from .layers import MLP, FeatureEmbedding, require_history
@@ -26,12 +27,12 @@ from .registry import register
 
 @dataclass
 class HSTUConfig:
-    embed_dim: int = 8
-    layers: int = 2
-    heads: int = 2
-    head_hidden: tuple[int, ...] = (1024, 512, 256)
-    dropout: float = 0.0
-    max_pos: int = 2048
+    embed_dim: int = checked(8, ge=1)
+    layers: int = checked(2, ge=1)
+    heads: int = checked(2, ge=1)
+    head_hidden: tuple[int, ...] = checked((1024, 512, 256), ge=1)
+    dropout: float = checked(0.0, ge=0, lt=1)
+    max_pos: int = checked(2048, ge=1)
 
 
 def pointwise_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, bias: Tensor | float) -> Tensor:

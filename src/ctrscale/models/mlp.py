@@ -16,7 +16,8 @@ from torch import Tensor
 
 from ..batch import Batch
 from ..data.dataset import DataSpec
-from .fields import TokenInputConfig, TokenInputModel
+from ..typed import ConfigError, checked
+from .fields import INPUTS, TokenInputConfig, TokenInputModel
 from .layers import MLP, FeatureEmbedding, masked_mean
 from .registry import register
 
@@ -24,12 +25,12 @@ from .registry import register
 @dataclass
 class MLPConfig(TokenInputConfig):
     inputs: str = "plain"         # plain (embeddings + mean history) | pooled | fields (token inputs, flattened)
-    hidden: tuple[int, ...] = (200, 80)
-    dropout: float = 0.0
+    hidden: tuple[int, ...] = checked((200, 80), ge=1)
+    dropout: float = checked(0.0, ge=0, lt=1)
 
     def __post_init__(self):
-        if self.inputs != "plain":
-            super().__post_init__()
+        if self.inputs not in ("plain", *INPUTS):
+            raise ConfigError(f"inputs must be one of {('plain', *INPUTS)}, got {self.inputs!r}")
 
 
 @register("mlp", MLPConfig, "Embedding + MLP over all fields and the mean-pooled history (or over token inputs)")

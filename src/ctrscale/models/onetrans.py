@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from ..batch import Batch
 from ..data.dataset import DataSpec
+from ..typed import ConfigError, check, checked
 from .attention import RMSNorm, SwiGLU
 from .layers import MLP, TargetAttention, TokenLinear, TokenSwiGLU, masked_mean, masked_softmax
 from .registry import register
@@ -31,19 +32,18 @@ MODES = ("pool", "din", "full")
 
 @dataclass
 class OneTransConfig(UnifiedInputConfig):
-    layers: int = 2
-    heads: int = 4
-    ffn_mult: int = 2
-    candidate_sequence: str = "pool"   # pool (OneTrans) | din (OneTrans-D) | full (OneTrans-F)
-    attention_hidden: tuple[int, ...] = (64, 32)  # DIN pooling (candidate_sequence: din)
-    head_hidden: tuple[int, ...] = (256, 64)
-    dropout: float = 0.0
+    layers: int = checked(2, ge=1)
+    heads: int = checked(4, ge=1)
+    ffn_mult: int = checked(2, ge=1)
+    candidate_sequence: str = checked("pool", choices=MODES)  # pool (OneTrans) | din (OneTrans-D) | full (OneTrans-F)
+    attention_hidden: tuple[int, ...] = checked((64, 32), ge=1)  # DIN pooling (candidate_sequence: din)
+    head_hidden: tuple[int, ...] = checked((256, 64), ge=1)
+    dropout: float = checked(0.0, ge=0, lt=1)
 
     def __post_init__(self):
-        if self.candidate_sequence not in MODES:
-            raise ValueError(f"candidate_sequence must be one of {MODES}, got {self.candidate_sequence!r}")
-        if self.dim % self.heads:
-            raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
+        check(self.candidate_sequence, "candidate_sequence", choices=MODES)
+        if self.heads >= 1 and self.dim % self.heads:
+            raise ConfigError(f"heads: must divide dim ({self.dim}), got {self.heads}")
 
 
 class MixedLayer(nn.Module):

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from ..batch import Batch
 from ..data.dataset import DataSpec
+from ..typed import ConfigError, checked
 from .fields import TokenInputConfig, TokenInputModel
 from .layers import MLP, TokenLinear
 from .registry import register
@@ -29,16 +30,17 @@ from .registry import register
 
 @dataclass
 class RankMixerConfig(TokenInputConfig):
-    layers: int = 2
-    heads: int = 0                # mixing heads H; 0: the largest divisor of dim <= T (the paper's H = T if it divides)
-    ffn_mult: int = 4             # per-token FFN hidden width = ffn_mult * dim (the paper: k = 4)
-    head_hidden: tuple[int, ...] = (256, 64)
-    dropout: float = 0.0
+    layers: int = checked(2, ge=1)
+    heads: int = checked(0, ge=0)   # mixing heads H; 0: the largest divisor of dim <= T (the paper's H = T if it
+                                    # divides)
+    ffn_mult: int = checked(4, ge=1)  # per-token FFN hidden width = ffn_mult * dim (the paper: k = 4)
+    head_hidden: tuple[int, ...] = checked((256, 64), ge=1)
+    dropout: float = checked(0.0, ge=0, lt=1)
 
     def __post_init__(self):
         super().__post_init__()
         if self.heads < 0 or (self.heads and self.dim % self.heads):
-            raise ValueError(f"heads must be 0 (auto) or a divisor of dim {self.dim}, got {self.heads}")
+            raise ConfigError(f"heads: must be 0 (auto) or a divisor of dim ({self.dim}), got {self.heads}")
 
 
 def mixing_heads(n_tokens: int, dim: int, heads: int) -> int:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..data.dataset import DataSpec
-from ..typed import from_dict
+from ..typed import ConfigError, from_dict
 
 _REGISTRY: dict[str, "Entry"] = {}
 
@@ -38,7 +38,7 @@ def entries() -> dict[str, Entry]:
 def get(name: str) -> Entry:
     all_ = entries()
     if name not in all_:
-        raise KeyError(f"unknown model {name!r}; registered: {sorted(all_)}")
+        raise ConfigError(f"model.name: unknown model {name!r}; registered: {sorted(all_)} (see `ctrscale ls`)")
     return all_[name]
 
 
@@ -49,13 +49,16 @@ def build_model(spec: DataSpec, model: dict, content: np.ndarray | None = None):
     model = dict(model)
     name = model.pop("name", None)
     if name is None:
-        raise KeyError("model config needs a 'name'")
+        raise ConfigError("model config needs a 'name'")
     entry = get(name)
     cfg = from_dict(entry.config, model, f"model {name}")
-    built = entry.model(spec, cfg)
+    try:
+        built = entry.model(spec, cfg)
+    except ValueError as e:  # a setting that does not fit this dataset (heads not dividing its token width, ...)
+        raise ConfigError(f"model {name} on dataset {spec.name!r}: {e}") from e
     if getattr(built, "uses_content", False):
         if content is None:
-            raise ValueError(f"model {name} reads item content vectors: the dataset {spec.name!r} has no content "
+            raise ConfigError(f"model {name} reads item content vectors: the dataset {spec.name!r} has no content "
                              f"table (declare `content:` in its schema)")
         built.set_content(torch.as_tensor(np.asarray(content), dtype=torch.float32))
     return built

@@ -31,10 +31,12 @@ from torch import Tensor, nn
 
 from ..batch import Batch
 from ..data.dataset import DataSpec
+from ..typed import ConfigError, check, checked
 from .attention import RMSNorm, SwiGLU
 from .base import CTRModel
 from .evo_attention import (
     CHUNKINGS,
+    ENCODINGS,
     Chunks,
     RelativeEncoding,
     causal_full_attention,
@@ -63,45 +65,51 @@ ATTENTIONS = ("evo", "full", "dilated", "linear")
 
 @dataclass
 class SparseCTRConfig:
-    embed_dim: int = 32              # per field
-    dim: int = 32                    # token width d
-    layers: int = 2
-    heads: int = 8
-    head_hidden: tuple[int, ...] = (32,)
-    sparsity: str = "S2"             # preset for chunks, transition, window; a value set below wins over it
-    chunks: int | None = None        # |P|
-    transition: int | None = None    # m
-    window: int | None = None        # w
-    attention: str = "evo"           # evo | full (variant A1) | dilated | linear (alternatives)
+    embed_dim: int = checked(32, ge=1)         # per field
+    dim: int = checked(32, ge=1)               # token width d
+    layers: int = checked(2, ge=1)
+    heads: int = checked(8, ge=1)
+    head_hidden: tuple[int, ...] = checked((32,), ge=1)
+    sparsity: str = checked("S2", choices=("", *SPARSITY))  # preset for chunks, transition, window; a value set
+                                                            # below wins over it
+    chunks: int | None = checked(None, ge=1)   # |P|
+    transition: int | None = checked(None, ge=1)  # m
+    window: int | None = checked(None, ge=1)   # w
+    attention: str = checked("evo", choices=ATTENTIONS)  # evo | full (variant A1) | dilated | linear (alternatives)
     global_branch: bool = True       # A2: False
     transition_branch: bool = True   # A3: False
     local_branch: bool = True        # A4: False
-    chunking: str = "time"           # time | fixed | similarity
-    dilation: int = 8                # dilated alternative: every r-th behavior, counted from the most recent
-    encoding: str = "reltemporal"    # reltemporal | t5 | alibi | rope | hstu | none (B1)
+    chunking: str = checked("time", choices=CHUNKINGS)   # time | fixed | similarity
+    dilation: int = checked(8, ge=1)           # dilated alternative: every r-th behavior, counted from the most recent
+    encoding: str = checked("reltemporal", choices=ENCODINGS)  # reltemporal | t5 | alibi | rope | hstu | none (B1)
     rel_time: bool = True            # B2: False
     rel_hour: bool = True            # B3: False
     rel_weekend: bool = True         # B4: False
 
+    def __post_init__(self):
+        if self.heads >= 1 and self.dim % self.heads:
+            raise ConfigError(f"heads: must divide dim ({self.dim}), got {self.heads}")
+        self.resolved()
+        self.branches()
+
     def resolved(self) -> tuple[int, int, int]:
-        if self.sparsity and self.sparsity not in SPARSITY:
-            raise ValueError(f"SparseCTR sparsity {self.sparsity!r}: choose one of {sorted(SPARSITY)} or ''")
+        check(self.sparsity, "sparsity", choices=("", *SPARSITY))
         p, m, w = SPARSITY.get(self.sparsity, (None, None, None))
         p, m, w = self.chunks or p, self.transition or m, self.window or w
         if None in (p, m, w) or min(p, m, w) < 1:
-            raise ValueError("SparseCTR needs chunks, transition and window >= 1 (or a sparsity preset)")
+            raise ConfigError("chunks, transition and window: set all three, or a sparsity preset")
         return p, m, w
 
     def branches(self) -> tuple[str, ...]:
-        if self.attention not in ATTENTIONS:
-            raise ValueError(f"SparseCTR attention must be one of {ATTENTIONS}, got {self.attention!r}")
+        check(self.attention, "attention", choices=ATTENTIONS)
         if self.attention in ("full", "linear"):
             return (self.attention,)
         on = {"global": self.global_branch and self.attention == "evo", "transition": self.transition_branch,
               "local": self.local_branch}
         names = tuple(b for b in ("global", "transition", "local") if on[b])
         if not names:
-            raise ValueError("SparseCTR: every EvoAttention branch is switched off")
+            raise ConfigError("every EvoAttention branch is switched off (global_branch, transition_branch, "
+                              "local_branch)")
         return names
 
 

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from ..batch import Batch
 from ..data.dataset import DataSpec
+from ..typed import checked
 from .attention import (
     ReluFFN,
     SwiGLU,
@@ -54,29 +55,29 @@ VARIANTS = {"A": {"ffn": "relu"}, "B": {"afnet": False}, "C": {"afnet_fusion": "
 
 @dataclass
 class SUANConfig:
-    size: str = ""                   # size-1..size-5: sets embed_dim, layers and heads
-    embed_dim: int = 8
-    layers: int = 2
-    heads: int = 2
-    head_hidden: tuple[int, ...] = (1024, 512, 256)
-    head_activation: str = "relu"    # relu | dice (the paper's)
-    dropout: float = 0.0
-    ffn: str = "swiglu"              # A: relu
+    size: str = checked("", choices=("", *SIZES))  # size-1..size-5: sets embed_dim, layers and heads
+    embed_dim: int = checked(8, ge=1)
+    layers: int = checked(2, ge=1)
+    heads: int = checked(2, ge=1)
+    head_hidden: tuple[int, ...] = checked((1024, 512, 256), ge=1)
+    head_activation: str = checked("relu", choices=("relu", "dice"))  # dice: the paper's
+    dropout: float = checked(0.0, ge=0, lt=1)
+    ffn: str = checked("swiglu", choices=("swiglu", "relu"))        # A: relu
     afnet: bool = True               # B: False
-    afnet_fusion: str = "gate"       # C: add
+    afnet_fusion: str = checked("gate", choices=("gate", "add"))    # C: add
     target_aware: bool = True        # D: False (candidate only in the head)
     attention_bias: bool = True      # E: False
-    norm: str = "rms"                # F: layer
+    norm: str = checked("rms", choices=("rms", "layer"))            # F: layer
     prenorm: bool = True             # G: False (post-norm)
-    local: int = 0                   # LightSUAN window k (0: SUAN's full causal attention)
-    dilation: int = 1                # LightSUAN dilation r
-    max_pos: int = 2048              # relative positions beyond this share one bias entry
+    local: int = checked(0, ge=0)    # LightSUAN window k (0: SUAN's full causal attention)
+    dilation: int = checked(1, ge=1)  # LightSUAN dilation r
+    max_pos: int = checked(2048, ge=1)  # relative positions beyond this share one bias entry
 
 
 @dataclass
 class LightSUANConfig(SUANConfig):
-    local: int = 4
-    dilation: int = 2
+    local: int = checked(4, ge=0)
+    dilation: int = checked(2, ge=1)
 
 
 @dataclass

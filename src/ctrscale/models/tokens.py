@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from ..batch import Batch
 from ..data.dataset import DataSpec
 from ..data.gsu import CandidateSequence
+from ..typed import checked
 from .base import CTRModel
 from .content import ContentTable, simtier
 from .layers import FeatureEmbedding, TargetAttention, TokenLinear, require_history
@@ -23,12 +24,12 @@ from .layers import FeatureEmbedding, TargetAttention, TokenLinear, require_hist
 @dataclass
 class UnifiedInputConfig:
     """The input settings every unified-token model shares; its config dataclass inherits them."""
-    embed_dim: int = 16
-    dim: int = 64                 # token width d
-    simtier_bins: int = 10        # 0: no SimTier token
-    cand_seq_len: int = 20        # K_c, the GSU's R_c length (the EST paper: 50)
+    embed_dim: int = checked(16, ge=1)
+    dim: int = checked(64, ge=1)                # token width d
+    simtier_bins: int = checked(10, ge=0)       # 0: no SimTier token
+    cand_seq_len: int = checked(20, ge=1)       # K_c, the GSU's R_c length (the EST paper: 50)
     cand_seq_by: str = "content"  # soft search by content cosine, or a behavior field for hard search
-    cand_seq_source_len: int = 0  # search the most recent this-many behaviors; 0 = the whole history
+    cand_seq_source_len: int = checked(0, ge=0)  # search the most recent this-many behaviors; 0 = the whole history
 
 
 class UnifiedInputModel(CTRModel):

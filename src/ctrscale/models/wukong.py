@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from ..batch import Batch
 from ..data.dataset import DataSpec
+from ..typed import checked
 from .fields import TokenInputConfig, TokenInputModel
 from .layers import MLP
 from .registry import register
@@ -26,13 +27,13 @@ from .registry import register
 @dataclass
 class WukongConfig(TokenInputConfig):
     inputs: str = "fields"
-    layers: int = 2
-    fmb_tokens: int = 0           # n_F; 0: the input token count n
-    lcb_tokens: int = 0           # n_L; 0: n
-    compressed: int = 8           # k, the optimised FM's projection width
-    fmb_hidden: tuple[int, ...] = (256,)
-    head_hidden: tuple[int, ...] = (256, 64)
-    dropout: float = 0.0
+    layers: int = checked(2, ge=1)
+    fmb_tokens: int = checked(0, ge=0)          # n_F; 0: the input token count n
+    lcb_tokens: int = checked(0, ge=0)          # n_L; 0: n
+    compressed: int = checked(8, ge=1)          # k, the optimised FM's projection width
+    fmb_hidden: tuple[int, ...] = checked((256,), ge=1)
+    head_hidden: tuple[int, ...] = checked((256, 64), ge=1)
+    dropout: float = checked(0.0, ge=0, lt=1)
 
 
 class WukongLayer(nn.Module):

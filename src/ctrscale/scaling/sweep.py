@@ -34,7 +34,8 @@ from pathlib import Path
 
 import yaml
 
-from ..typed import ConfigError, from_dict
+from ..train.runs import config_drift
+from ..typed import ConfigError, checked, from_dict, load_yaml
 
 # results.csv columns after the point id, seed and the sweep's own axes
 METRIC_COLUMNS = ["auc", "gauc", "logloss", "valid_auc", "valid_gauc", "dense_params", "embedding_params",
@@ -46,19 +47,19 @@ METRIC_COLUMNS = ["auc", "gauc", "logloss", "valid_auc", "valid_gauc", "dense_pa
 class SweepSpec:
     name: str = "sweep"
     data: str = "synthetic"
-    seeds: list[int] = field(default_factory=lambda: [0])
+    seeds: list[int] = checked(default_factory=lambda: [0], ge=0)
     base: dict = field(default_factory=dict)
-    axes: dict = field(default_factory=dict)
+    axes: dict[str, list] = field(default_factory=dict)  # dotted key -> the values it takes
     points: list[dict] = field(default_factory=list)
-    parallel: int = 1
-    threads: int = 0                  # torch threads per point; 0: the cores divided among the parallel points
+    parallel: int = checked(1, ge=1)
+    threads: int = checked(0, ge=0)   # torch threads per point; 0: the cores divided among the parallel points
     fits: list[dict] = field(default_factory=list)
 
     def __post_init__(self):
         if not self.axes and not self.points:
             raise ConfigError(f"sweep {self.name}: give `axes` (a grid) and/or `points` (a list)")
-        if self.parallel < 1:
-            raise ConfigError(f"sweep {self.name}: parallel must be >= 1")
+        if not self.seeds:
+            raise ConfigError("seeds: give at least one seed")
 
 
 @dataclass(frozen=True)
@@ -73,8 +74,11 @@ class Point:
 
 
 def load_sweep(path: str | Path) -> SweepSpec:
-    raw = yaml.safe_load(Path(path).read_text()) or {}
-    return from_dict(SweepSpec, raw, str(path))
+    raw = load_yaml(Path(path).read_text(), str(path)) or {}
+    try:
+        return from_dict(SweepSpec, raw, "")
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
 
 
 def point_id(overrides: dict) -> str:
@@ -162,33 +166,6 @@ def run_sweep(spec: SweepSpec, out: Path, parallel: int | None = None, progress:
     if bar is not None:
         bar.close()
     return write_results(spec, out)
-
-
-# run-environment keys: a point may resume with other values and still be the same experiment
-_NOT_THE_EXPERIMENT = {"name", "out_dir", "train.threads", "train.progress", "train.device", "train.log_every",
-                       "train.checkpoint_every", "data.num_workers"}
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    """Dotted keys of the typed sections; the free-form model (and teacher) dicts stay whole values."""
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and k not in ("model", "teacher"):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def config_drift(started: dict, now: dict) -> list[str]:
-    """Settings that differ between a point's saved run config and what the sweep asks now. A typed field only
-    one side has is skipped: a field added to the code later ran as its default."""
-    a, b = _flat(started), _flat(now)
-    drift = [f"{k}: {a[k]!r} -> {b[k]!r}" for k in sorted(a.keys() & b.keys())
-             if k not in _NOT_THE_EXPERIMENT and a[k] != b[k]]
-    # an optional section (distill) switched on or off
-    return drift + [f"{k}: {'set' if started.get(k) else 'none'} -> {'set' if now.get(k) else 'none'}"
-                    for k in sorted(started.keys() & now.keys()) if (started[k] is None) != (now[k] is None)]
 
 
 def check_unchanged(spec: SweepSpec, points: list[Point], out: Path) -> None:

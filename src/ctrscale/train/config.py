@@ -1,12 +1,15 @@
 """The run config: typed sections, loaded from YAML with `key=value` overrides, saved resolved beside results."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from ..typed import ConfigError, apply_overrides, from_dict, to_dict
+from ..typed import ConfigError, apply_overrides, check_fields, checked, from_dict, load_yaml, to_dict
+
+DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")  # train.device
 
 
 @dataclass
@@ -15,53 +18,62 @@ class DataSection:
     path: str | None = None          # ... or a prepared folder
     raw_dir: str | None = None
     options: dict = field(default_factory=dict)  # preparer options (synthetic sizes)
-    max_len: int | None = None       # default: the dataset's
-    batch_size: int = 1024
-    eval_batch_size: int = 4096
-    num_workers: int = 0
-    length_window: int = 0           # > 0: batch similar history lengths together (windows of this many batches)
+    max_len: int | None = checked(None, ge=1)    # default (None): the dataset's
+    batch_size: int = checked(1024, ge=1)
+    eval_batch_size: int = checked(4096, ge=1)
+    num_workers: int = checked(0, ge=0)
+    length_window: int = checked(0, ge=0)        # > 0: batch similar history lengths together (windows of this
+                                                 # many batches)
     listwise: bool | None = None     # whole requests per batch; default: what the model trains on (SparseCTR)
-    train_fraction: float = 1.0      # < 1: train on this share of the training requests (data-size scaling)
-    subsample_seed: int = 0          # which share; nested across fractions for one seed, the same for all runs
+    train_fraction: float = checked(1.0, gt=0, le=1)  # < 1: train on this share of the training requests
+                                                      # (data-size scaling)
+    subsample_seed: int = checked(0, ge=0)       # which share; nested across fractions for one seed, the same for
+                                                 # all runs
     streaming: bool = False          # train from a shuffle buffer over shard chunks (bounded memory; data/stream.py)
-    shuffle_buffer: int = 100_000    # rows the streaming shuffle buffer holds
-    chunk_rows: int = 65_536         # consecutive rows read at a time when streaming
+    shuffle_buffer: int = checked(100_000, ge=1)  # rows the streaming shuffle buffer holds
+    chunk_rows: int = checked(65_536, ge=1)       # consecutive rows read at a time when streaming
 
 
 @dataclass
 class OptimSection:
-    optimizer: str = "adam"          # adam | adamw
-    lr: float = 1e-3                 # dense parameters
-    weight_decay: float = 0.0
-    emb_lr: float = 1e-3             # embedding ("sparse") parameters
-    emb_weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    schedule: str = "constant"       # constant | cosine | linear (decay to 0 over the run), after warm-up
-    warmup_steps: int = 0
-    grad_clip: float = 10.0          # max global grad norm; 0 disables
+    optimizer: str = checked("adam", choices=("adam", "adamw"))
+    lr: float = checked(1e-3, ge=0)              # dense parameters
+    weight_decay: float = checked(0.0, ge=0)
+    emb_lr: float = checked(1e-3, ge=0)          # embedding ("sparse") parameters
+    emb_weight_decay: float = checked(0.0, ge=0)
+    betas: tuple[float, float] = checked((0.9, 0.999), ge=0, lt=1)
+    schedule: str = checked("constant", choices=("constant", "cosine", "linear"))  # after warm-up; linear decays
+                                                                                   # to 0 over the run
+    warmup_steps: int = checked(0, ge=0)
+    grad_clip: float = checked(10.0, ge=0)       # max global grad norm; 0 disables
 
 
 @dataclass
 class TrainSection:
-    epochs: int = 3
-    seed: int = 0
-    patience: int = 1                # epochs without a better validation metric before stopping
-    early_stop_metric: str = "auc"   # auc | gauc: the validation metric that picks the best epoch
-    checkpoint_every: int = 200      # steps between mid-epoch checkpoints (0: only at epoch ends)
-    max_steps: int = 0               # stop (resumably) after this many steps in this process; 0: no limit
-    log_every: int = 50
-    device: str = "auto"             # auto | cpu | cuda
-    precision: str = "auto"          # auto (bf16 autocast on GPU) | fp32 | bf16
+    epochs: int = checked(3, ge=1)
+    seed: int = checked(0, ge=0)
+    patience: int = checked(1, ge=1)             # epochs without a better validation metric before stopping
+    early_stop_metric: str = checked("auc", choices=("auc", "gauc"))  # the validation metric that picks the best
+                                                                      # epoch
+    checkpoint_every: int = checked(200, ge=0)   # steps between mid-epoch checkpoints (0: only at epoch ends)
+    max_steps: int = checked(0, ge=0)            # stop (resumably) after this many steps in this process; 0: no limit
+    log_every: int = checked(50, ge=1)
+    device: str = "auto"                         # auto | cpu | cuda | cuda:N (checked in RunConfig.validate)
+    precision: str = checked("auto", choices=("auto", "fp32", "bf16"))  # auto: bf16 autocast on GPU
     progress: bool = True
-    threads: int = 0                 # torch intra-op threads; 0 leaves the default
-    grad_accum: int = 1              # > 1: each batch's gradient from this many micro-batches (less memory, same
-                                     # step; batch statistics such as Dice's BatchNorm see the micro-batches)
+    threads: int = checked(0, ge=0)              # torch intra-op threads; 0 leaves the default
+    grad_accum: int = checked(1, ge=1)           # > 1: each batch's gradient from this many micro-batches (less
+                                                 # memory, same step; batch statistics such as Dice's BatchNorm see
+                                                 # the micro-batches)
     sparse_reset: bool = False       # multi-epoch "asynchronous" training: embedding tables (and their optimizer
                                      # state) back to their pre-training snapshot at every later epoch (sparse.py)
     sparse_init: str | None = None   # warm-start the embedding tables from an earlier run's best.pt (or a .pt)
-    embedding_sharding: str = "replicated"  # under torchrun: replicated (every rank holds every table) | row
-                                            # (each table's rows spread over the ranks; train/sharding.py)
-    shard_min_rows: int = 1024       # row sharding: tables with fewer rows stay replicated
+    embedding_sharding: str = checked("replicated", choices=("replicated", "row"))
+                                     # under torchrun: replicated (every rank holds every table) | row (each table's
+                                     # rows spread over the ranks; train/sharding.py)
+    shard_min_rows: int = checked(1024, ge=0)    # row sharding: tables with fewer rows stay replicated
+    skip_nonfinite_steps: int = checked(0, ge=0)  # steps with a non-finite loss or gradient norm that may be
+                                                  # skipped before the run stops (0: stop at the first)
 
 
 @dataclass
@@ -70,9 +82,9 @@ class DistillSection:
     loss = BCE(student) + BCE(teacher) + weight * BCE(sigmoid(z_s / t), sigmoid(z_t / t)) with the teacher's
     soft label detached. Only the student is kept for serving."""
     teacher: dict = field(default_factory=dict)  # model config of the teacher: {name: suan, size: size-3, ...}
-    teacher_max_len: int | None = None           # the teacher's (longer) history; default: the student's
-    temperature: float = 2.0
-    weight: float | None = None                  # lambda; default = temperature (the paper's choice)
+    teacher_max_len: int | None = checked(None, ge=1)  # the teacher's (longer) history; default: the student's
+    temperature: float = checked(2.0, gt=0)
+    weight: float | None = checked(None, ge=0)   # lambda; default = temperature (the paper's choice)
 
 
 @dataclass
@@ -90,35 +102,45 @@ class RunConfig:
         return Path(self.out_dir) / self.name
 
     def validate(self) -> "RunConfig":
-        if self.optim.optimizer not in ("adam", "adamw"):
-            raise ConfigError(f"optim.optimizer: adam or adamw, got {self.optim.optimizer!r}")
-        if self.optim.schedule not in ("constant", "cosine", "linear"):
-            raise ConfigError(f"optim.schedule: constant, cosine or linear, got {self.optim.schedule!r}")
-        if self.train.precision not in ("auto", "fp32", "bf16"):
-            raise ConfigError(f"train.precision: auto, fp32 or bf16, got {self.train.precision!r}")
-        if self.train.early_stop_metric not in ("auc", "gauc"):
-            raise ConfigError(f"train.early_stop_metric: auc or gauc, got {self.train.early_stop_metric!r}")
-        if self.distill is not None and "name" not in self.distill.teacher:
-            raise ConfigError("distill.teacher needs a model 'name'")
-        if not 0 < self.data.train_fraction <= 1:
-            raise ConfigError(f"data.train_fraction must be in (0, 1], got {self.data.train_fraction}")
-        if "name" not in self.model:
-            raise ConfigError("model.name is required")
+        """Checks across keys, and of the model sections against their models' configs; `from_dict` has checked
+        each key's type and range (check_fields repeats that for a config built in code)."""
+        check_fields(self)
+        if not DEVICE.fullmatch(self.train.device):
+            raise ConfigError(f"train.device: must be auto, cpu, cuda or cuda:N, got {self.train.device!r}")
+        check_model(self.model, "model")
+        if self.distill is not None:
+            check_model(self.distill.teacher, "distill.teacher")
         return self
 
     def to_dict(self) -> dict:
         return to_dict(self)
 
 
+def check_model(model: dict, where: str) -> None:
+    """The model section {name: ..., **config} against the registered model's config dataclass: names, types and
+    ranges are errors at load time ("model din.embed_dim: must be >= 1, got 0"), not when the model is built."""
+    from ..models.registry import entries
+    model = dict(model)
+    name = model.pop("name", None)
+    if name is None:
+        raise ConfigError(f"{where}.name is required")
+    registered = entries()
+    if name not in registered:
+        raise ConfigError(f"{where}.name: unknown model {name!r}; registered: {sorted(registered)} "
+                          f"(see `ctrscale ls`)")
+    from_dict(registered[name].config, model, f"{where} {name}")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] = (), base: dict | None = None) -> RunConfig:
+    """A run config: `base`, then the YAML file at `path`, then `key=value` overrides; every key checked."""
     raw = dict(base or {})
     if path is not None:
-        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        loaded = load_yaml(Path(path).read_text(), str(path)) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
         raw.update(loaded)
     raw = apply_overrides(raw, list(overrides))
-    return from_dict(RunConfig, raw, str(path or "config")).validate()
+    return from_dict(RunConfig, raw, "").validate()
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:

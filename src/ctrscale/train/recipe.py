@@ -13,7 +13,6 @@ import csv
 import ctypes
 import json
 import math
-import os
 import random
 import time
 from contextlib import nullcontext
@@ -29,10 +28,12 @@ from ..data.catalog import open_dataset
 from ..data.loader import Loader, LoaderConfig
 from ..models.layers import is_embedding_param
 from ..models.registry import build_model
+from ..errors import RunError
 from ..typed import ConfigError
 from . import sparse
 from .config import RunConfig, save_config
 from .distributed import World, init_world
+from .runs import RunLock, check_run_folder, config_drift, load_checkpoint, save_checkpoint
 from .sharding import clip_gradients, full_optimizer_state, full_state, load_optimizer_state, shard_tables, shards_of
 
 
@@ -85,12 +86,6 @@ def make_schedule(opt, o, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-def atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 @torch.no_grad()
 def predict(model: nn.Module, data, split: str, max_len: int, batch_size: int, device: torch.device,
             precision: str = "auto", num_workers: int = 0, world: World | None = None) -> dict[str, np.ndarray]:
@@ -139,11 +134,18 @@ def load_trained(run: str | Path, checkpoint: str = "best"):
     """A finished (or stopped) run's config, dataset, and model with its best.pt / last.pt weights loaded."""
     from .config import load_config
     run = Path(run)
+    if not (run / "config.yaml").exists():
+        raise RunError(f"{run}: not a run folder (no config.yaml); give the folder a `ctrscale train` wrote")
+    if not (run / f"{checkpoint}.pt").exists():
+        hint = ("the run stopped before its first validation; use --checkpoint last for its latest weights, or "
+                "finish it with `ctrscale train --config {0}/config.yaml --resume`" if checkpoint == "best" else
+                "the run has not saved a checkpoint yet").format(run)
+        raise RunError(f"{run}: no {checkpoint}.pt ({hint})")
     cfg = load_config(run / "config.yaml")
     data = open_dataset(cfg.data.name, cfg.data.path, cfg.data.raw_dir, cfg.data.options)
     device = resolve_device(cfg.train.device)
     model = build_model(data.spec, cfg.model, content=data.content()).to(device)
-    state = torch.load(run / f"{checkpoint}.pt", weights_only=False, map_location=device)
+    state = load_checkpoint(run / f"{checkpoint}.pt", map_location=device)
     state = state["model"] if "model" in state else state
     if cfg.distill is not None and checkpoint == "last":  # last.pt holds student and teacher together
         state = {k[len("student."):]: v for k, v in state.items() if k.startswith("student.")}
@@ -163,6 +165,15 @@ def trains_listwise(model: nn.Module, setting: bool | None = None) -> bool:
 
 def evaluate(model, data, split, max_len, batch_size, device, precision="auto", world: World | None = None) -> dict:
     p = predict(model, data, split, max_len, batch_size, device, precision, world=world)
+    return checked_metrics(p, split)
+
+
+def checked_metrics(p: dict, split: str) -> dict:
+    """metrics.evaluate, refusing non-finite predictions (a diverged model) with a clear error."""
+    bad = int((~np.isfinite(p["prob"])).sum())
+    if bad:
+        raise RunError(f"{bad} of {len(p['prob'])} predictions on the {split} split are not finite: the model's "
+                       f"weights have diverged; train again with a lower optim.lr")
     return metrics.evaluate(p["label"], p["prob"], p["user"])
 
 
@@ -223,10 +234,33 @@ def _set_rng_state(s: dict) -> None:
         torch.cuda.set_rng_state_all(s["cuda"])
 
 
-def fit(cfg: RunConfig, resume: bool = False) -> dict:
-    """Train, early-stop on a validation metric, evaluate the best weights on test; returns results.json."""
-    run_dir = cfg.run_dir
+def fit(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict:
+    """Train, early-stop on a validation metric, evaluate the best weights on test; returns results.json.
+    The run folder is locked for the whole run. A folder that already holds a run is continued only with
+    `resume` (and only under the config it started with) and replaced only with `overwrite`."""
     world = init_world(cfg.train.device)
+    with RunLock(cfg.run_dir) if world.is_main else nullcontext():
+        if world.is_main:
+            check_run_folder(cfg.run_dir, resume, overwrite)
+            for tmp in [*cfg.run_dir.glob("*.pt.tmp-*"), *cfg.run_dir.glob("*.pt.sha256.tmp-*")]:
+                tmp.unlink()  # left by a process killed mid-write (we hold the lock now)
+        return _fit(cfg, resume, world)
+
+
+def check_labels(data, splits=("valid", "test")) -> None:
+    """Refuse a dataset whose validation or test labels are all one class: its AUC is undefined, and early
+    stopping (valid) and the results (test) need it, so the run would fail only after a full epoch."""
+    for split in splits:
+        label = data.split(split).column("label")
+        classes = np.unique(label)
+        if len(classes) < 2:
+            what = "no rows" if len(label) == 0 else f"only label {classes[0]:g} ({len(label):,} rows)"
+            raise RunError(f"{data.root}: the {split} split has {what}, so its AUC is undefined; early stopping and "
+                           f"the test metrics need both classes: prepare the data with another split")
+
+
+def _fit(cfg: RunConfig, resume: bool, world: World) -> dict:
+    run_dir = cfg.run_dir
     main = world.is_main
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -241,6 +275,7 @@ def fit(cfg: RunConfig, resume: bool = False) -> dict:
     data = open_dataset(cfg.data.name, cfg.data.path, cfg.data.raw_dir, cfg.data.options)
     if main:
         world.barrier()
+    check_labels(data)
     max_len = cfg.data.max_len or data.spec.max_len
     torch.manual_seed(cfg.train.seed)
     random.seed(cfg.train.seed)
@@ -269,10 +304,15 @@ def fit(cfg: RunConfig, resume: bool = False) -> dict:
     steps_per_epoch = train_loader.steps_per_epoch()
     sched = make_schedule(opt, cfg.optim, steps_per_epoch * cfg.train.epochs)
     st = {"epoch": 0, "step_in_epoch": 0, "step": 0, "best": -1.0, "best_epoch": -1, "bad_epochs": 0,
-          "epochs": [], "train_seconds": 0.0, "impressions": 0, "done": False}
+          "epochs": [], "train_seconds": 0.0, "impressions": 0, "done": False, "skipped_steps": 0}
     last = run_dir / "last.pt"
     if resume and last.exists():
-        ck = torch.load(last, weights_only=False)
+        ck = load_checkpoint(last)
+        drift = config_drift(ck["config"], cfg.to_dict())
+        if drift:
+            raise RunError(f"{last}: the run there started under another config than asked for now "
+                           f"({'; '.join(drift)}); resume it with its own settings ({run_dir / 'config.yaml'}), "
+                           f"or train into another folder (another name or out_dir), or replace it with --overwrite")
         trainable.load_state_dict(ck["model"])
         load_optimizer_state(opt, ck["optim"], shards)
         sched.load_state_dict(ck["sched"])
@@ -284,11 +324,11 @@ def fit(cfg: RunConfig, resume: bool = False) -> dict:
     if cfg.train.sparse_reset:  # the snapshot is taken once, before any checkpoint, and kept for resumes
         snap = run_dir / "sparse_snapshot.pt"
         if last.exists() and resume:
-            saved_sparse = torch.load(snap, weights_only=True)
+            saved_sparse = load_checkpoint(snap, weights_only=True)
         else:
             saved_sparse = sparse.snapshot(trainable)
             if main:
-                atomic_save(saved_sparse, snap)
+                save_checkpoint(saved_sparse, snap)
     if main:
         save_config(cfg, run_dir / "config.yaml")
         (run_dir / "data_spec.json").write_text(json.dumps({**data.spec.to_dict(), "max_len_used": max_len},
@@ -298,8 +338,9 @@ def fit(cfg: RunConfig, resume: bool = False) -> dict:
     def checkpoint():  # called on every rank: gathering sharded tables is collective
         model_state = full_state(trainable) if shards else trainable.state_dict()
         optim_state = full_optimizer_state(opt, shards) if shards else opt.state_dict()
+        refuse_nonfinite(model_state, f"{last} at step {st['step']}")
         if main:
-            atomic_save({"model": model_state, "optim": optim_state, "sched": sched.state_dict(),
+            save_checkpoint({"model": model_state, "optim": optim_state, "sched": sched.state_dict(),
                          "rng": _rng_state(), "state": st, "config": cfg.to_dict()}, last)
 
     steps_this_process = 0
@@ -320,21 +361,38 @@ def fit(cfg: RunConfig, resume: bool = False) -> dict:
             # this rank's share of the global batch: DDP's mean over ranks then equals the whole batch's mean
             share = n_local * world.size / world.sum(n_local) if world.distributed else 1.0
             loss = accumulate_gradients(engine, batch, cfg.train.grad_accum, autocast, share)
-            if cfg.optim.grad_clip > 0 and shards:
-                clip_gradients(trainable.parameters(), cfg.optim.grad_clip, shards)
-            elif cfg.optim.grad_clip > 0:
-                nn.utils.clip_grad_norm_(trainable.parameters(), cfg.optim.grad_clip)
-            opt.step()
+            max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf  # inf: measure, don't clip
+            norm = clip_gradients(trainable.parameters(), max_norm, shards) if shards else \
+                nn.utils.clip_grad_norm_(trainable.parameters(), max_norm)
+            loss_value, norm_value = loss.item(), float(norm)
+            finite = math.isfinite(loss_value) and math.isfinite(norm_value)
+            if world.distributed:  # every rank must take (or skip) the same step
+                finite = world.sum(0.0 if finite else 1.0) == 0
+            if finite:
+                opt.step()
+            else:  # never step (or later checkpoint) on a non-finite loss or gradient
+                opt.zero_grad(set_to_none=True)
+                st["skipped_steps"] += 1
+                lr = sched.get_last_lr()[0]
+                what = (f"non-finite training step {st['step'] + 1} (epoch {epoch + 1}): loss {loss_value:.4g}, "
+                        f"gradient norm {norm_value:.4g}, learning rate {lr:.3g}")
+                if st["skipped_steps"] > cfg.train.skip_nonfinite_steps:
+                    raise RunError(f"{run_dir}: training diverged: {what}; {last} keeps the last good state. Lower "
+                                   f"optim.lr, keep optim.grad_clip > 0, use train.precision=fp32, or allow a few "
+                                   f"such steps with train.skip_nonfinite_steps=N")
+                _say(cfg if main else None, f"skipped {what} ({st['skipped_steps']} of at most "
+                                            f"{cfg.train.skip_nonfinite_steps})")
             sched.step()
             st["step"] += 1
             st["step_in_epoch"] += 1
             steps_this_process += 1
             seen += n_local
-            loss_sum, loss_n = loss_sum + loss.item(), loss_n + 1
+            if finite:
+                loss_sum, loss_n = loss_sum + loss_value, loss_n + 1
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.4f}")
-            if st["step"] % cfg.train.log_every == 0:
+                bar.set_postfix(loss=f"{loss_value:.4f}")
+            if st["step"] % cfg.train.log_every == 0 and loss_n:
                 log.log(st["step"], epoch, "train", loss=loss_sum / loss_n, lr=sched.get_last_lr()[0])
                 loss_sum, loss_n = 0.0, 0
             if cfg.train.checkpoint_every and st["step"] % cfg.train.checkpoint_every == 0:
@@ -360,8 +418,9 @@ def fit(cfg: RunConfig, resume: bool = False) -> dict:
         if score > st["best"]:
             st.update(best=score, best_epoch=epoch + 1, bad_epochs=0)
             best_state = full_state(model) if shards else model.state_dict()
+            refuse_nonfinite(best_state, f"{run_dir / 'best.pt'} at epoch {epoch + 1}")
             if main:
-                atomic_save(best_state, run_dir / "best.pt")
+                save_checkpoint(best_state, run_dir / "best.pt")
         else:
             st["bad_epochs"] += 1
         st["epoch"] += 1
@@ -382,13 +441,21 @@ def fit(cfg: RunConfig, resume: bool = False) -> dict:
     if step_loss.teacher is not None:  # kept for inspection; the student in best.pt serves alone
         teacher_state = full_state(step_loss.teacher) if shards else step_loss.teacher.state_dict()
         if main:
-            atomic_save(teacher_state, run_dir / "teacher.pt")
+            save_checkpoint(teacher_state, run_dir / "teacher.pt")
         results["teacher_test"] = evaluate(step_loss.teacher, data, "test", step_loss.load_len,
                                            cfg.data.eval_batch_size, device, cfg.train.precision, world)
     if main:
         (run_dir / "results.json").write_text(json.dumps(results, indent=1))
     world.barrier()
     return results
+
+
+def refuse_nonfinite(state: dict, where: str) -> None:
+    """Never write a checkpoint holding NaN or infinite weights (the divergence check should stop a run first)."""
+    bad = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise RunError(f"{where}: not saved: the weights {bad[:3]} hold non-finite values (the model diverged); "
+                       f"train again with a lower optim.lr")
 
 
 def _shard_embeddings(cfg: RunConfig, step_loss: "Objective", world: World) -> list:
@@ -489,11 +556,11 @@ class Objective(nn.Module):
 
 def finish(cfg, model, data, max_len, device, st, train_loader, world: World | None = None) -> dict:
     world = world or World()
-    model.load_state_dict(torch.load(cfg.run_dir / "best.pt", weights_only=True, map_location=device))
+    model.load_state_dict(load_checkpoint(cfg.run_dir / "best.pt", map_location=device, weights_only=True))
     pred = predict(model, data, "test", max_len, cfg.data.eval_batch_size, device, cfg.train.precision, world=world)
+    test = checked_metrics(pred, "test")
     if world.is_main:
         np.savez_compressed(cfg.run_dir / "test_predictions.npz", **pred)  # for paired tests between models
-    test = metrics.evaluate(pred["label"], pred["prob"], pred["user"])
     valid = st["epochs"][st["best_epoch"] - 1]
     sample = next(iter(Loader(data, "valid", LoaderConfig(batch_size=60, max_len=max_len, shuffle=False,
                                                           cand_seq=candidate_sequence(model)))))

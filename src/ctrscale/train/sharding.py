@@ -149,17 +149,21 @@ def load_optimizer_state(opt: torch.optim.Optimizer, state: dict, shards: list[R
     opt.load_state_dict(state)
 
 
-def clip_gradients(params, max_norm: float, shards: list[RowShardedEmbedding]) -> None:
+def clip_gradients(params, max_norm: float, shards: list[RowShardedEmbedding]) -> torch.Tensor:
     """torch's clip_grad_norm_ over the whole model: dense gradients are equal on every rank after DDP, a
-    shard's are its own, so the global norm adds the shards' squared norms over the ranks."""
+    shard's are its own, so the global norm adds the shards' squared norms over the ranks. Returns that norm
+    (before clipping); max_norm=inf only measures it."""
     params = [p for p in params if p.grad is not None]
     if not params:
-        return
+        return torch.zeros(())
     sharded = {id(s.weight) for s in shards}
     zero = torch.zeros((), device=params[0].device)
     dense_sq = sum(((p.grad.float() ** 2).sum() for p in params if id(p) not in sharded), zero)
     shard_sq = sum(((p.grad.float() ** 2).sum() for p in params if id(p) in sharded), zero)
     dist.all_reduce(shard_sq)
-    coef = torch.clamp(max_norm / ((dense_sq + shard_sq).sqrt() + 1e-6), max=1.0)
-    for p in params:
-        p.grad.mul_(coef.to(p.grad.dtype))
+    norm = (dense_sq + shard_sq).sqrt()
+    if max_norm != float("inf"):
+        coef = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+        for p in params:
+            p.grad.mul_(coef.to(p.grad.dtype))
+    return norm

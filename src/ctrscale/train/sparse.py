@@ -48,7 +48,8 @@ def warm_start(model: nn.Module, path: str | Path) -> list[str]:
         path = path / "best.pt"
     if not path.exists():
         raise FileNotFoundError(f"train.sparse_init: {path} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    from .runs import load_checkpoint
+    state = load_checkpoint(path, map_location="cpu")
     state = state.get("model", state)
     if any(k.startswith("student.") for k in state):
         state = {k[len("student."):]: v for k, v in state.items() if k.startswith("student.")}

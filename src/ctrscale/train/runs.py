@@ -1,0 +1,204 @@
+"""Run folders kept trustworthy: one writer at a time, checkpoints that prove they are intact, and no record that
+mixes two experiments.
+
+- `RunLock`: an exclusive lock on <run>/.lock for the whole training; a second training into the same folder is
+  refused with the holder's pid.
+- `check_run_folder`: a folder that already holds a run (last.pt, best.pt or results.json) is trained into only
+  with --resume (continue it) or --overwrite (replace ctrscale's files in it; nothing else is touched).
+- `save_checkpoint` / `load_checkpoint`: written atomically (a unique temporary file, then a rename) with the
+  SHA-256 of the file in <name>.sha256; loading verifies it, and every failure names the file. The sidecar lists
+  the new digest and the one of the file it replaces, so a crash between writing the sidecar and the rename still
+  leaves a verifiable pair. A checkpoint without a sidecar (written before checksums) gets the zip records' CRC32s
+  checked instead.
+- `config_drift`: the settings in which two run configs differ, ignoring those that do not change the experiment
+  (threads, logging, device, ...); a resume, a reused comparison run and a sweep point are refused on any drift.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import zipfile
+from pathlib import Path
+
+import torch
+
+from ..errors import ConfigError, RunError
+
+CHECKSUM_SUFFIX = ".sha256"
+# what ctrscale writes into a run folder; --overwrite removes these and nothing else
+RUN_FILES = ("config.yaml", "data_spec.json", "metrics.csv", "tb", "last.pt", "best.pt", "teacher.pt",
+             "sparse_snapshot.pt", "results.json", "test_predictions.npz", "point.json", "analysis")
+HOLDS_A_RUN = ("results.json", "last.pt", "best.pt")
+# settings that may differ between a run's start and its resume (or reuse) without changing its results
+# (a run sharded over ranks resumes in one process and ends where the uninterrupted run does: tests/test_sharding)
+NOT_THE_EXPERIMENT = {"name", "out_dir", "train.threads", "train.progress", "train.device", "train.log_every",
+                      "train.checkpoint_every", "train.max_steps", "train.embedding_sharding", "train.shard_min_rows",
+                      "data.num_workers", "data.eval_batch_size"}
+
+
+class RunLock:
+    """An exclusive, non-blocking lock on <run_dir>/.lock (POSIX flock: released by the OS if the process dies)."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / ".lock"
+        self.file = None
+
+    def __enter__(self) -> "RunLock":
+        try:
+            import fcntl
+        except ImportError:  # no flock (Windows): no lock
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(self.path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            f.close()
+            raise RunError(f"{self.path.parent}: another training (pid {holder}) is writing this run folder; wait "
+                           f"for it to end, or train into another folder (name=... or out_dir=...)") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        self.file = f
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.file is not None:
+            self.file.close()  # closing releases the lock; the file stays (removing it would race a new holder)
+            self.file = None
+
+
+def check_run_folder(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to train over a run without --resume or --overwrite; with --overwrite remove ctrscale's run files."""
+    if resume and overwrite:
+        raise ConfigError("--resume continues the run in the folder and --overwrite replaces it: give one of them")
+    held = [f for f in HOLDS_A_RUN if (run_dir / f).exists()]
+    if not held or resume:
+        return
+    if not overwrite:
+        state = "a finished run" if "results.json" in held else "a started run"
+        raise RunError(f"{run_dir}: holds {state} ({', '.join(held)}); continue it with --resume, train into "
+                       f"another folder (name=... or out_dir=...), or replace it with --overwrite")
+    for name in RUN_FILES:
+        p = run_dir / name
+        for q in (p, p.with_name(p.name + CHECKSUM_SUFFIX)):
+            if q.is_dir():
+                shutil.rmtree(q)
+            elif q.exists():
+                q.unlink()
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + CHECKSUM_SUFFIX)
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(obj, path: str | Path) -> None:
+    """torch.save to a temporary file of this process, its digest into the sidecar, then rename into place."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        torch.save(obj, tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        digests = [_sha256(tmp)]
+        side = _sidecar(path)
+        if path.exists() and side.exists():  # keep the digest of the file still in place until the rename
+            current = _sha256(path)
+            if current in side.read_text().split():
+                digests.append(current)
+        _write_text_atomic(side, "\n".join(digests) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def verify_checkpoint(path: Path) -> None:
+    """Raise RunError naming the file unless it matches its recorded SHA-256 (or, without one, its zip CRCs)."""
+    if not path.exists():
+        raise RunError(f"{path}: checkpoint not found")
+    side = _sidecar(path)
+    damaged = (f"{path}: the checkpoint is damaged ({{}}); restore it from a copy, or train the run again "
+               f"(--overwrite)")
+    if side.exists():
+        if _sha256(path) not in side.read_text().split():
+            raise RunError(damaged.format(f"its SHA-256 differs from the one recorded in {side.name}"))
+        return
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise RunError(damaged.format(f"not a readable torch checkpoint: {e}")) from None
+    if bad is not None:
+        raise RunError(damaged.format(f"record {bad!r} fails its CRC check"))
+
+
+def load_checkpoint(path: str | Path, map_location=None, weights_only: bool = False):
+    """torch.load of a verified checkpoint; a failure to read it is a RunError naming the file."""
+    path = Path(path)
+    verify_checkpoint(path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=weights_only)
+    except Exception as e:  # noqa: BLE001 - verified yet unreadable: say which file and why
+        raise RunError(f"{path}: cannot load the checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from e
+
+
+def resolved(cfg: dict) -> dict:
+    """A run config dict with the model's (and a distillation teacher's) config completed by its defaults, so a
+    default written out and a default left implicit compare equal."""
+    from ..models.registry import default_config, entries
+    out = dict(cfg)
+
+    def complete(model):
+        if isinstance(model, dict) and model.get("name") in entries():
+            return {**default_config(model["name"]), **model}
+        return model
+    out["model"] = complete(out.get("model"))
+    if isinstance(out.get("distill"), dict):
+        out["distill"] = {**out["distill"], "teacher": complete(out["distill"].get("teacher"))}
+    return out
+
+
+_SECTIONS = {"data", "optim", "train", "distill", "model", "distill.teacher"}  # flattened; other dicts stay whole
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and f"{prefix}{k}" in _SECTIONS:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def config_drift(started: dict, now: dict) -> list[str]:
+    """'key: old -> new' for every setting that differs between a run's saved config and the one asked for now.
+    A key of a typed section only one side has is skipped (a setting added to the code later ran as its default);
+    model keys are compared after completing both sides with the model's defaults."""
+    a, b = _flat(resolved(started)), _flat(resolved(now))
+    drift = [f"{k}: {a[k]!r} -> {b[k]!r}" for k in sorted(a.keys() & b.keys())
+             if k not in NOT_THE_EXPERIMENT and a[k] != b[k]]
+    model_keys = {k for k in a.keys() ^ b.keys() if k.startswith(("model.", "distill.teacher."))}
+    drift += [f"{k}: {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}" for k in sorted(model_keys)]
+    # an optional section (distill) switched on or off
+    drift += [f"{k}: {'set' if started.get(k) else 'none'} -> {'set' if now.get(k) else 'none'}"
+              for k in sorted(started.keys() & now.keys()) if (started[k] is None) != (now[k] is None)]
+    return drift
