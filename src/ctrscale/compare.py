@@ -42,7 +42,7 @@ def run_compare(data: str, models: list[str], seeds: list[int], out: Path, overr
                 res = json.loads(done.read_text())
                 drift = config_drift(res["config"], cfg.to_dict())
                 if drift:
-                    raise RunError(f"compare: {out / name} holds a finished run under another config than asked "
+                    raise RunError(f"{out / name} holds a finished run under another config than asked "
                                    f"for now ({'; '.join(drift)}); compare into another --out, or remove that "
                                    f"run folder to train it again")
             else:  # a stopped run resumes (refused if its config differs)
