@@ -11,6 +11,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -93,7 +94,7 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 
 def siblings(out: Path) -> list[str]:
-    return sorted(p.name for p in out.parent.iterdir() if p.name.startswith(out.name + "."))
+    return sorted(p.name for p in out.parent.iterdir() if p.name.startswith((out.name + ".", f".{out.name}.")))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -144,18 +145,21 @@ def test_reprepare_swaps_in_and_leaves_nothing_behind(tmp_path, schema):
     # leftovers of a dead process: a partial folder is removed; an old folder with no `out` (a swap cut between
     # its renames) is put back; a folder that is not ours is left alone
     dead = 2 ** 22 + 12345  # above the default pid_max: no such process
-    partial = out.with_name(f"out.partial-{dead}")
+    partial = out.with_name(f".out.ctrscale-partial-{dead}-0123abcd")
     partial.mkdir()
     (partial / store.MARKER).touch()
     (partial / "log").mkdir()
-    foreign = out.with_name(f"out.partial-{dead + 1}")
+    foreign = out.with_name(f".out.ctrscale-partial-{dead + 1}-0123abcd")
     foreign.mkdir()
     (foreign / "thesis.tex").write_text("mine")
-    old = out.with_name(f"out.old-{dead}")
+    backup = out.with_name("out.old-20240101")  # a user's copy, named like a temporary folder might be
+    shutil.copytree(out, backup)
+    old = out.with_name(f".out.ctrscale-old-{dead}-0123abcd")
     os.rename(out, old)
     fp = json.loads((old / "meta.json").read_text())["fingerprint"]
     assert store.is_prepared(out, fp)  # recovered: the old preparation is back
-    assert siblings(out) == [foreign.name] and (foreign / "thesis.tex").read_text() == "mine"
+    assert siblings(out) == sorted([foreign.name, backup.name]) and (foreign / "thesis.tex").read_text() == "mine"
+    assert store.is_prepared(out, fp) and (backup / "meta.json").is_file()  # the copy is never touched
 
 
 def test_a_failed_reprepare_keeps_the_previous_one(tmp_path, schema, monkeypatch):
@@ -287,6 +291,11 @@ def test_rows_that_are_not_utf8_are_named_and_skipped(tmp_path, schema):
     rep = prepare_table(schema, [csv], tmp_path / "out", on_bad_row="skip")
     assert rep["bad_rows_skipped"] == {"not UTF-8": 2}
     assert rep["rows_written"] == 28 == rep["rows_read"] - 2
+    # a column the schema does not read may hold anything: nothing is lost, nothing is skipped
+    extra = [x + (b",caf\xe9" if i else b",note") if x else x for i, x in enumerate(data[:5] + data[6:9] + data[10:])]
+    csv.write_bytes(b"\n".join(extra))
+    rep = prepare_table(schema, [csv], tmp_path / "out2")
+    assert rep["bad_rows_skipped"] == {} and rep["rows_written"] == 28
     # a header that is not UTF-8 cannot be skipped
     csv.write_bytes(b"us\xe9r," + b"\n".join(data).split(b",", 1)[1])
     with pytest.raises(DataError, match=r"u.csv: line 1 \(the header\) is not valid UTF-8"):
@@ -582,3 +591,18 @@ def test_cli_refuses_what_would_delete_or_corrupt(tmp_path):
         assert r.returncode == 2 and "Traceback" not in r.stderr
         assert "d.csv: row 11 (line 12): a quoted value opens at character" in r.stderr
     assert not (tmp_path / "q").exists()
+
+
+def test_a_preparation_with_its_gsu_caches_or_from_before_the_marker_is_replaced(tmp_path, schema):
+    """Training leaves candidate-sequence caches in <prepared>/gsu/ (data/gsu.py), and folders prepared before the
+    marker existed carry only a meta.json of ours: both are still ctrscale's to replace."""
+    csv = tmp_path / "d.csv"
+    csv.write_bytes(csv_bytes(rows()))
+    out = tmp_path / "out"
+    prepare_table(schema, [csv], out)
+    cache = out / "gsu" / "content-k20-s0-v1-abc"
+    cache.mkdir(parents=True)
+    np.save(cache / "train.npy", np.zeros(3))
+    (out / store.MARKER).unlink()
+    prepare_table(schema, [csv], out, force=True)
+    assert (out / store.MARKER).is_file() and not (out / "gsu").exists() and siblings(out) == []

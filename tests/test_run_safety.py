@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import os
+import re
 import subprocess
 import sys
 import time
@@ -76,16 +78,42 @@ def test_resume_with_another_config_is_refused_naming_the_key(tiny, finished, tm
     assert rc == 0 and "test AUC" in out, err  # threads and logging may change
 
 
-def test_a_finished_run_is_not_overwritten_without_a_flag(tiny, finished):
-    run = finished / "r"
+def test_a_finished_run_is_not_overwritten_without_a_flag(tiny, finished, tmp_path):
+    run = tmp_path / "r"
+    shutil.copytree(finished / "r", run)
     before = digest(run)
-    refused(*cli(*train_args(tiny, finished, "r", "optim.lr=0.01"))[::2], "finished run", "--resume", "--overwrite")
+    refused(*cli(*train_args(tiny, tmp_path, "r", "optim.lr=0.01"))[::2], "finished run", "--resume", "--overwrite")
     assert digest(run) == before
     (run / "notes.txt").write_text("mine")
-    rc, _, err = cli(*train_args(tiny, finished, "r", "train.seed=5"), "--overwrite")
+    rc, _, err = cli(*train_args(tiny, tmp_path, "r", "train.seed=5"), "--overwrite")
     assert rc == 0, err
     assert json.loads((run / "results.json").read_text())["seed"] == 5
     assert (run / "notes.txt").read_text() == "mine"  # --overwrite replaces ctrscale's files only
+
+
+def test_resume_of_a_finished_run_without_its_checkpoint(tiny, finished, tmp_path):
+    """Run records kept without checkpoints (results/ holds such): --resume returns them under the same config and
+    refuses another one; nothing is retrained or overwritten."""
+    run = tmp_path / "r"
+    shutil.copytree(finished / "r", run)
+    for f in ("last.pt", "last.pt.sha256", "best.pt", "best.pt.sha256"):
+        (run / f).unlink()
+    before = digest(run)
+    rc, out, err = cli(*train_args(tiny, tmp_path, "r", "train.threads=1"), "--resume")
+    assert rc == 0 and "test AUC" in out and "epoch 1:" not in out, err
+    refused(*cli(*train_args(tiny, tmp_path, "r", "model.embed_dim=8"), "--resume")[::2], "model.embed_dim: 4 -> 8")
+    assert digest(run) == before
+
+
+def test_overwrite_touches_only_a_run_ctrscale_wrote(tiny, tmp_path):
+    mine = tmp_path / "mine"
+    (mine / "analysis").mkdir(parents=True)
+    (mine / "results.json").write_text('{"my": "numbers"}')
+    (mine / "analysis" / "paper.md").write_text("mine")
+    before = digest(mine)
+    refused(*cli(*train_args(tiny, tmp_path, "mine"), "--overwrite")[::2], "no run config written by")
+    refused(*cli(*train_args(tiny, tmp_path, "../escape"))[::2], "name:", "'..'")
+    assert digest(mine) == before and not (tmp_path.parent / "escape").exists()
 
 
 def test_two_trainings_into_one_folder(tiny, tmp_path):
@@ -107,13 +135,14 @@ def test_two_trainings_into_one_folder(tiny, tmp_path):
 
 
 def test_divergence_stops_at_the_first_non_finite_step(tiny, tmp_path):
-    line = refused(*cli(*train_args(tiny, tmp_path, "r", "optim.lr=1e30", "optim.emb_lr=1e30",
-                                    "optim.grad_clip=0"))[::2], "training diverged", "learning rate", "optim.lr")
-    assert "non-finite training step" in line and "gradient norm" in line
-    last = tmp_path / "r" / "last.pt"
-    if last.exists():  # whatever was checkpointed holds finite weights only
-        state = load_checkpoint(last)["model"]
-        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+    line = refused(*cli(*train_args(tiny, tmp_path, "r", "optim.lr=1e30", "optim.emb_lr=1e30", "optim.grad_clip=0",
+                                    "train.checkpoint_every=1"))[::2], "training diverged", "learning rate",
+                   "optim.lr")
+    step = int(re.search(r"non-finite training step (\d+)", line).group(1))
+    assert "gradient norm" in line and f"last.pt keeps the state of step {step - 1}" in line
+    state = load_checkpoint(tmp_path / "r" / "last.pt")  # the last good step, finite
+    assert state["state"]["step"] == step - 1
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
     rc, out, err = cli(*train_args(tiny, tmp_path, "s", "optim.lr=1e30", "optim.emb_lr=1e30", "optim.grad_clip=0",
                                    "train.skip_nonfinite_steps=2", "train.progress=true"))
     refused(rc, err, "training diverged")

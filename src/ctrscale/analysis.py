@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from .data.loader import Loader, LoaderConfig
+from .errors import ConfigError
 from .models.est import BLOCKS
 from .train.recipe import candidate_sequence, evaluate, load_trained
 
@@ -100,7 +101,7 @@ def plot_ranks(ranks: dict, path: Path) -> None:
 def analyze_attention(run: str | Path, split: str = "test", samples: int = 1000, out: Path | None = None) -> dict:
     cfg, data, model, device = load_trained(run)
     if cfg.model.get("attention") != "full":
-        raise ValueError(f"{run}: the attention analysis needs an `est` model trained with model.attention=full "
+        raise ConfigError(f"{run}: the attention analysis needs an `est` model trained with model.attention=full "
                          f"(this run: {cfg.model})")
     out = out or Path(run) / "analysis"
     out.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .models.registry import default_config
+from .errors import ConfigError
 from .train.config import load_config
 from .train.recipe import load_trained
 
@@ -64,7 +65,7 @@ def plot_alpha(alpha: np.ndarray, names: list[str], path: Path) -> None:
 def analyze_fields(run: str | Path, out: Path | None = None, top: int = 10) -> dict:
     model_cfg = {**default_config("fat"), **load_config(Path(run) / "config.yaml").model}
     if model_cfg["name"] != "fat" or model_cfg["alpha"] == "none":
-        raise ValueError(f"{run}: the field analysis reads a `fat` model's learned alpha (this run: {model_cfg})")
+        raise ConfigError(f"{run}: the field analysis reads a `fat` model's learned alpha (this run: {model_cfg})")
     _, _, model, _ = load_trained(run)
     with torch.no_grad():
         alpha = model.alphas().cpu().numpy()                            # (layers, F, F)

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import CtrscaleError
+from .errors import CtrscaleError, one_line
 
 
 def cmd_ls(args) -> int:
@@ -108,13 +108,14 @@ def cmd_analyze_fields(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import run_demo
     run_demo(out=Path(args.out), epochs=args.epochs, models=args.models, options={"impressions": args.impressions}
-             if args.impressions else {})
+             if args.impressions else {}, overwrite=args.overwrite)
     return 0
 
 
 def cmd_compare(args) -> int:
     from .compare import run_compare
-    run_compare(args.data, args.models, args.seeds, Path(args.out), args.overrides, args.config)
+    run_compare(args.data, args.models, args.seeds, Path(args.out), args.overrides, args.config,
+                overwrite=args.overwrite)
     return 0
 
 
@@ -190,6 +191,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     s.add_argument("--out", default="runs/compare")
     s.add_argument("--config", help="base run config YAML")
+    s.add_argument("--overwrite", action="store_true", help="retrain runs in --out whose config differs from the "
+                   "one asked for (without it they are refused)")
     s.add_argument("overrides", nargs="*", help="dotted overrides for every run")
     s.set_defaults(fn=cmd_compare)
 
@@ -201,6 +204,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--epochs", type=int, default=2)
     s.add_argument("--models", nargs="*", help="default: every registered model")
     s.add_argument("--impressions", type=int, help="synthetic size (default: the generator's)")
+    s.add_argument("--overwrite", action="store_true", help="retrain runs in --out made under other settings")
     s.set_defaults(fn=cmd_demo)
     return p
 
@@ -226,15 +230,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"ctrscale {args.cmd}: interrupted", file=sys.stderr)
         return 130
-
-
-def one_line(e: BaseException) -> str:
-    """The error's message on one line (an OSError names its file)."""
-    if isinstance(e, OSError) and e.filename is not None and e.strerror:
-        text = f"{e.filename}: {e.strerror}"
-    else:
-        text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-    return " ".join(text.split()) or type(e).__name__
 
 
 if __name__ == "__main__":

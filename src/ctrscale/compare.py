@@ -4,13 +4,14 @@
 
 A model entry is a registered name or `label:key=value;key=value`, a labelled variant with its own overrides
 (applied after the shared ones), e.g. `suan-L500:model.name=suan;data.max_len=500` or
-`suan-E:model.name=suan;model.attention_bias=false`; without a `model` override the label's text before the
-first '-' names the model. Each (label, seed) is an ordinary training run under <out>/<label>-s<seed> (finished
-runs are reused only when their config equals the one asked for, and a stopped comparison continues; a run
-folder under another config is refused, naming the setting). The report gives test AUC / GAUC / logloss as mean ± std
-over seeds and, for each model against the first one, a paired t-test over seeds and a paired bootstrap over users
-of the seed-averaged test predictions. A second table and `valid_by_epoch.png` give each model's validation AUC /
-GAUC per epoch, averaged over the seeds that ran that epoch (early stopping may end a seed sooner)."""
+`suan-E:model.name=suan;model.attention_bias=false`; without a `model` override the label's text before the first
+'-' names the model. Each (label, seed) is an ordinary training run under <out>/<label>-s<seed> (finished runs are
+reused only when their config equals the one asked for, and a stopped comparison continues; a run folder under
+another config is refused, naming the setting, unless --overwrite retrains it). The report gives test AUC / GAUC /
+logloss as mean ± std over seeds and, for each model against the first one, a paired t-test over seeds and a paired
+bootstrap over users of the seed-averaged test predictions. A second table and `valid_by_epoch.png` give each
+model's validation AUC / GAUC per epoch, averaged over the seeds that ran that epoch (early stopping may end a seed
+sooner)."""
 from __future__ import annotations
 
 import json
@@ -20,14 +21,14 @@ import numpy as np
 
 from . import metrics
 from .demo import markdown_table, plot_epoch_curves
-from .errors import RunError
+from .errors import ConfigError, RunError
 from .train.config import load_config
 from .train.recipe import fit
-from .train.runs import config_drift
+from .train.runs import run_drift
 
 
 def run_compare(data: str, models: list[str], seeds: list[int], out: Path, overrides: list[str] = (),
-                config: str | None = None, progress: bool = True) -> dict:
+                config: str | None = None, progress: bool = True, overwrite: bool = False) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     runs: dict[str, list[dict]] = {}
     for entry in models:
@@ -37,16 +38,13 @@ def run_compare(data: str, models: list[str], seeds: list[int], out: Path, overr
             cfg = load_config(config, [f"name={name}", f"out_dir={out}", f"data.name={data}",
                                        f"train.seed={seed}", f"train.progress={str(progress).lower()}",
                                        *overrides, *own])
-            done = out / name / "results.json"
-            if done.exists():  # reused only when it ran exactly the experiment asked for now
-                res = json.loads(done.read_text())
-                drift = config_drift(res["config"], cfg.to_dict())
-                if drift:
-                    raise RunError(f"{out / name} holds a finished run under another config than asked "
-                                   f"for now ({'; '.join(drift)}); compare into another --out, or remove that "
-                                   f"run folder to train it again")
-            else:  # a stopped run resumes (refused if its config differs)
-                res = fit(cfg, resume=True)
+            drift = run_drift(out / name, cfg.to_dict())
+            if drift and not overwrite:
+                raise RunError(f"{out / name} holds a run under another config than asked for now "
+                               f"({'; '.join(drift)}); compare into another --out, or retrain such runs with "
+                               f"--overwrite")
+            # a finished run under this config is reused, a stopped one continues
+            res = fit(cfg, overwrite=True) if drift else fit(cfg, resume=True)
             runs.setdefault(model, []).append(res)
     report = summarize(runs, out)
     (out / "comparison.json").write_text(json.dumps(report, indent=1))
@@ -63,7 +61,7 @@ def parse_model_entry(entry: str) -> tuple[str, list[str]]:
     if not sep or "=" in label or "{" in label:
         label, rest = entry, ""
     if not label or any(c in label for c in "/ \t"):
-        raise ValueError(f"compare: model entry {entry!r}: the label must be a plain name")
+        raise ConfigError(f"compare: model entry {entry!r}: the label must be a plain name")
     own = [o.strip() for o in rest.split(";") if o.strip()]
     if not any(o.startswith(("model.name=", "model=")) for o in own):
         own.insert(0, f"model.name={label.split('-')[0]}")

@@ -10,14 +10,16 @@ from pathlib import Path
 from .data import catalog
 from .models.registry import entries
 from .train.config import load_config
+from .errors import RunError
 from .train.recipe import fit
+from .train.runs import run_drift
 
 DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
 COLUMNS = ["model", "test AUC", "test GAUC", "test logloss", "dense params", "GFLOPs/60", "train imp/s"]
 
 
 def run_demo(out: Path, epochs: int = 2, models: list[str] | None = None, options: dict | None = None,
-             seed: int = 0, progress: bool = True) -> list[dict]:
+             seed: int = 0, progress: bool = True, overwrite: bool = False) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     base = load_config(DEMO_CONFIG)
     path, report = catalog.prepare("synthetic", **{**base.data.options, **(options or {})})
@@ -30,7 +32,12 @@ def run_demo(out: Path, epochs: int = 2, models: list[str] | None = None, option
                                         f"train.progress={str(progress).lower()}"])
         if progress:
             print(f"== {name}")
-        results.append(fit(cfg, resume=True))  # a finished run is reused, a stopped one continues
+        drift = run_drift(cfg.run_dir, cfg.to_dict())
+        if drift and not overwrite:
+            raise RunError(f"{cfg.run_dir} holds a demo run under other settings ({'; '.join(drift)}); run the "
+                           f"demo into another --out, or retrain with --overwrite")
+        # a finished run under these settings is reused, a stopped one continues
+        results.append(fit(cfg, overwrite=True) if drift else fit(cfg, resume=True))
     rows = [table_row(r) for r in results]
     text = markdown_table(rows)
     if progress:

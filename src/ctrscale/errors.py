@@ -18,3 +18,12 @@ class DataError(CtrscaleError, ValueError):
 class RunError(CtrscaleError, RuntimeError):
     """A run that must not go on: a finished or busy run folder, a resume under another config, a diverging loss,
     a missing or damaged checkpoint."""
+
+
+def one_line(e: BaseException) -> str:
+    """An exception's message on one line (an OSError names its file), for messages that quote another error."""
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        text = f"{e.filename}: {e.strerror}"
+    else:
+        text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    return " ".join(text.split()) or type(e).__name__

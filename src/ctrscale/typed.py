@@ -102,6 +102,12 @@ def check(value: Any, key: str, *, ge=None, gt=None, le=None, lt=None, choices=N
     Check(ge, gt, le, lt, tuple(choices) if choices is not None else None)(value, key)
 
 
+def check_heads(dim: int, heads: int) -> None:
+    """Attention heads must split the width evenly."""
+    if heads >= 1 and dim % heads:
+        raise ConfigError(f"heads: must divide dim ({dim}), got {heads}")
+
+
 def check_fields(obj: Any, where: str = "") -> None:
     """Run the declared checks of every field of dataclass instance obj (and of the dataclasses it holds): for a
     config built in code rather than by `from_dict`, which checks each key as it reads it."""

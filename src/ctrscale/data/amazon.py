@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import DataError
 from ..schema import load_schema
 from .movielens import schema_path
 from .prepare import request_ids, time_split, write_prepared
@@ -51,7 +52,7 @@ def _record(path: Path, n: int, line: str) -> dict:
         try:
             return ast.literal_eval(line)       # the 2014 metadata: Python dict literals
         except (ValueError, SyntaxError) as e:
-            raise ValueError(f"{path}: row {n}: not a JSON object or Python literal ({e})") from e
+            raise DataError(f"{path}: row {n}: not a JSON object or Python literal ({e})") from e
 
 
 def _price(v) -> float:
@@ -74,7 +75,7 @@ def prepare_amazon(raw_dir: str | Path, out: str | Path, force: bool = False, ne
         r = _record(reviews_path, n, line)
         for field in ("reviewerID", "asin", "overall", "unixReviewTime"):
             if field not in r:
-                raise ValueError(f"{reviews_path}: row {n}: field {field}: missing")
+                raise DataError(f"{reviews_path}: row {n}: field {field}: missing")
         users.append(r["reviewerID"])
         items.append(r["asin"])
         ratings.append(int(round(float(r["overall"]))))
@@ -83,7 +84,7 @@ def prepare_amazon(raw_dir: str | Path, out: str | Path, force: bool = False, ne
     ratings, times = np.array(ratings, np.int64), np.array(times, np.int64)
     if (times <= 0).any():
         bad = int(np.argmax(times <= 0))
-        raise ValueError(f"{reviews_path}: row {bad + 1}: field unixReviewTime: non-positive value {times[bad]}")
+        raise DataError(f"{reviews_path}: row {bad + 1}: field unixReviewTime: non-positive value {times[bad]}")
 
     meta = {}
     for n, line in _lines(meta_path):

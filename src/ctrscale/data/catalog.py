@@ -4,6 +4,7 @@ Raw files (MovieLens, Taobao, Amazon, Ele.me) are looked up in `raw_dir`, else $
 ../shared/data/<folder> relative to the working directory (where the project's shared data lies beside a checkout)."""
 from __future__ import annotations
 
+import inspect
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,6 +43,7 @@ def prepare(name: str, raw_dir: str | None = None, out: str | Path | None = None
     the others then find it prepared."""
     if name == "synthetic":
         from .synthetic import prepare_synthetic
+        options = checked_options(name, prepare_synthetic, options)
         suffix = "-".join(f"{k}{v}" for k, v in sorted(options.items()))
         out = Path(out) if out else home() / "prepared" / ("synthetic" + (f"-{suffix}" if suffix else ""))
         with _preparing(out):
@@ -54,6 +56,7 @@ def prepare(name: str, raw_dir: str | None = None, out: str | Path | None = None
         out = Path(out) if out else home() / "prepared" / (name + suffix)
         preparer = {"taobao-ctr-v1": prepare_taobao, "amazon-ctr-v1": prepare_amazon,
                     "eleme-ctr-v1": prepare_eleme}[name]
+        options = checked_options(name, preparer, options)
         with _preparing(out):
             return out, preparer(find_raw(name, raw_dir), out, force=force, **options)
     if name in RAW_FOLDERS:
@@ -64,6 +67,17 @@ def prepare(name: str, raw_dir: str | None = None, out: str | Path | None = None
         with _preparing(out):
             return out, prepare_movielens(name, find_raw(name, raw_dir), out, force=force)
     raise ConfigError(f"data.name: unknown dataset {name!r}; known: {NAMES} (or give a prepared folder as data.path)")
+
+
+def checked_options(name: str, preparer, options: dict) -> dict:
+    """A preparer's options by name, each coerced to the type of its default (`impressions=1e5` is an int)."""
+    from ..typed import coerce
+    params = {k: p for k, p in inspect.signature(preparer).parameters.items()
+              if k not in ("out", "raw_dir", "force") and p.default is not inspect.Parameter.empty}
+    unknown = sorted(set(options) - set(params))
+    if unknown:
+        raise ConfigError(f"{name}: unknown option(s) {unknown}; it takes {sorted(params)}")
+    return {k: coerce(type(params[k].default), v, f"{name} option {k}") for k, v in options.items()}
 
 
 @contextmanager

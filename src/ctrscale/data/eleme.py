@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyarrow import csv
 
+from ..errors import DataError
 from ..schema import load_schema
 from .movielens import schema_path
 from .prepare import request_ids, write_prepared
@@ -62,7 +63,7 @@ def _read(path: Path) -> pa.Table:
                             convert_options=csv.ConvertOptions(column_types={c: pa.string() for c in COLUMNS},
                                                                strings_can_be_null=False))
     except pa.ArrowInvalid as e:
-        raise ValueError(f"{path}: not {len(COLUMNS)} comma-separated columns: {e}") from e
+        raise DataError(f"{path}: not {len(COLUMNS)} comma-separated columns: {e}") from e
 
 
 def _floats(values: np.ndarray, path: Path, field: str, empty=0, lengths: np.ndarray | None = None) -> np.ndarray:
@@ -79,7 +80,7 @@ def _floats(values: np.ndarray, path: Path, field: str, empty=0, lengths: np.nda
                 float(values[i])
             except ValueError:
                 row = i if lengths is None else int(np.searchsorted(np.cumsum(lengths), i, side="right"))
-                raise ValueError(f"{path}: row {row + 1}: field {field}: not a number: {values[i]!r}") from None
+                raise DataError(f"{path}: row {row + 1}: field {field}: not a number: {values[i]!r}") from None
     return out
 
 
@@ -101,7 +102,7 @@ def _request_times(times: np.ndarray, hours: np.ndarray, path: Path) -> np.ndarr
     bad = ~(day | ms | s)
     if bad.any():
         i = int(np.argmax(bad))
-        raise ValueError(f"{path}: row {i + 1}: field times: {times[i]!r} is neither unix seconds, unix "
+        raise DataError(f"{path}: row {i + 1}: field times: {times[i]!r} is neither unix seconds, unix "
                          f"milliseconds nor a day YYYYMMDD")
     return out
 
@@ -120,7 +121,7 @@ def _lists(table: pa.Table, path: Path) -> tuple[np.ndarray, dict[str, np.ndarra
             lengths = n
         elif (n != lengths).any():
             i = int(np.argmax(n != lengths))
-            raise ValueError(f"{path}: row {i + 1}: field {name}: {n[i]} values where {HISTORY['item_id']} has "
+            raise DataError(f"{path}: row {i + 1}: field {name}: {n[i]} values where {HISTORY['item_id']} has "
                              f"{lengths[i]} (the history lists of a row must have equal lengths)")
     return lengths, flat
 
@@ -138,7 +139,7 @@ def prepare_eleme(raw_dir: str | Path, out: str | Path, force: bool = False, tim
         label = _numbers(t, "label", path)
         if not np.isin(label, (0, 1)).all():
             i = int(np.argmax(~np.isin(label, (0, 1))))
-            raise ValueError(f"{path}: row {i + 1}: field label: {label[i]} is not 0 or 1")
+            raise DataError(f"{path}: row {i + 1}: field label: {label[i]} is not 0 or 1")
         hours = _numbers(t, "hours", path)
         cols["label"].append(label)
         cols["time"].append(_request_times(_numbers(t, "times", path, empty=-1), hours, path))
@@ -162,7 +163,7 @@ def prepare_eleme(raw_dir: str | Path, out: str | Path, force: bool = False, tim
     day = v["time"] // 86400
     days = np.unique(day)
     if len(days) < 3:
-        raise ValueError(f"{raw_dir}: needs requests on at least 3 days (train, valid = the day before the last, "
+        raise DataError(f"{raw_dir}: needs requests on at least 3 days (train, valid = the day before the last, "
                          f"test = the last day); found {len(days)}")
     split = np.where(day == days[-1], 2, np.where(day == days[-2], 1, 0))
     _, user = np.unique(v["user_id"], return_inverse=True)

@@ -74,16 +74,17 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
-from ..errors import DataError
+from ..errors import DataError, one_line
 from ..schema import Schema, load_schema
 from .prepare import request_ids, time_split, write_prepared
-from .store import TIME_MAX, TIME_MIN, TIME_RANGE, check_inputs_outside, check_output, fingerprint, is_prepared
+from .store import (TIME_RANGE, TIME_UNIT_NAMES, check_inputs_outside, check_output, fingerprint, is_prepared,
+                    outside_time_range)
 
 VERSION = 2  # 2: line accounting, UTF-8 per row, time range and unit
+REPLACEMENT = "\ufffd".encode()  # stands in for each byte that is not UTF-8
 SPLIT_CODES = {"train": 0, "valid": 1, "test": 2}
 RESERVED = ("label", "time", "user", "request")  # keys of write_prepared's rows/log dicts
 TIME_UNITS = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
-_UNIT_NAMES = {"s": "seconds", "ms": "milliseconds", "us": "microseconds", "ns": "nanoseconds"}
 _FLOAT_RE = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
 _INT_RE = r"^[0-9]{1,19}$"  # read exactly as int64 (float64 would round nanosecond times)
 _MAX_INT = 2.0 ** 62  # times beyond this are not unix seconds (and would overflow int64)
@@ -100,10 +101,6 @@ class BadRowError(DataError):
 
 class MissingColumnError(DataError):
     """A column the schema names is not in an input file."""
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -141,12 +138,12 @@ def _read(path: Path, columns: list[str], needed_by: dict[str, str]) -> _Raw:
         try:
             names = pq.ParquetFile(path).schema_arrow.names
         except pa.ArrowException as e:  # any pyarrow failure: say which file
-            raise DataError(f"{path}: cannot read as Parquet: {_one_line(e)}") from e
+            raise DataError(f"{path}: cannot read as Parquet: {one_line(e)}") from e
         _check_columns(path, names, columns, needed_by)
         try:
             table = pq.read_table(path, columns=columns)
         except pa.ArrowException as e:
-            raise DataError(f"{path}: cannot read as Parquet: {_one_line(e)}") from e
+            raise DataError(f"{path}: cannot read as Parquet: {one_line(e)}") from e
         return _Raw(path, table, np.arange(1, table.num_rows + 1), is_csv=False, lines=table.num_rows)
     return _read_csv(path, _CSV_SUFFIXES[suffix], columns, needed_by)
 
@@ -164,7 +161,7 @@ def _load_bytes(path: Path) -> bytes:
             with gzip.open(path, "rb") as f:
                 data = f.read()
         except (gzip.BadGzipFile, EOFError, zlib.error) as e:
-            raise DataError(f"{path}: not a readable gzip file ({_one_line(e)}); check or re-compress it") from e
+            raise DataError(f"{path}: not a readable gzip file ({one_line(e)}); check or re-compress it") from e
     else:
         data = path.read_bytes()
     return data[3:] if data.startswith(b"\xef\xbb\xbf") else data  # a UTF-8 byte-order mark is not data
@@ -326,8 +323,9 @@ def _read_csv(path: Path, delimiter: str, columns: list[str], needed_by: dict[st
     _check_columns(path, _csv_header(path, data, delimiter), columns, needed_by)
     lines = max(_count_lines(data) - 1, 0)
 
-    # Bytes that are not UTF-8 spoil only their row: note (line, byte, offset) and replace them by '?' (ASCII, never
-    # a delimiter, quote or line break, so the rows stay as they are) for the reader, which would stop at them.
+    # Bytes that are not UTF-8 spoil only their row, and only when a column the schema reads holds them: note (line,
+    # byte, offset) and replace each by U+FFFD (never a delimiter, quote or line break, so the rows stay as they
+    # are) for the reader, which would stop at them; _parse_file flags the rows whose used values hold U+FFFD.
     not_utf8 = np.zeros((0, 3), np.int64)
     try:
         data.decode("utf-8")
@@ -338,8 +336,12 @@ def _read_csv(path: Path, delimiter: str, columns: list[str], needed_by: dict[st
         ln = np.searchsorted(starts, pos, side="right")
         first = np.unique(ln, return_index=True)[1]  # the first bad byte of each line
         not_utf8 = np.stack([ln[first], b[pos[first]], pos[first] - starts[ln[first] - 1] + 1], 1).astype(np.int64)
-        fixed = b.copy()
-        fixed[pos] = ord("?")
+        reps = np.ones(len(b), np.int64)
+        reps[pos] = 3
+        fixed = np.repeat(b, reps)
+        at = (np.cumsum(reps) - 3)[pos]  # where each replaced byte's three bytes start
+        for k, byte in enumerate(REPLACEMENT):
+            fixed[at + k] = byte
         data = fixed.tobytes()
 
     block, tries = _BLOCK, 0
@@ -355,7 +357,7 @@ def _read_csv(path: Path, delimiter: str, columns: list[str], needed_by: dict[st
                 block = _block_for(path, data)
                 continue
             err = _quote_error(path, data, delimiter)
-            raise (err or DataError(f"{path}: cannot read as CSV: {_one_line(e)}")) from e
+            raise (err or DataError(f"{path}: cannot read as CSV: {one_line(e)}")) from e
 
     seen = table.num_rows + len(bad)
     if seen != lines:  # a quoted value took in line breaks: name where it opened
@@ -418,9 +420,9 @@ def _parse_float(arr) -> tuple[np.ndarray, np.ndarray]:
     """(values with NaN where missing or unparsable, present: not null and not blank)."""
     t = arr.type
     if pa.types.is_timestamp(t):
-        unit = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}[t.unit]
+        unit = TIME_UNITS[t.unit]
         v = pc.cast(pc.cast(arr, pa.int64()), pa.float64(), safe=False)
-        v = pc.divide(v, float(unit)) if unit != 1 else v
+        v = pc.floor(pc.divide(v, float(unit))) if unit != 1 else v  # whole seconds, rounded down
     elif pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_decimal(t):
         v = pc.cast(arr, pa.float64(), safe=False)  # huge integers round; range checks come later
     else:
@@ -453,17 +455,13 @@ def _parse_time(arr, unit: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
     return value, present, integral, seconds
 
 
-def _out_of_range(seconds: np.ndarray) -> np.ndarray:
-    return (seconds < TIME_MIN) | (seconds >= TIME_MAX)
-
-
 def _range_msg(what: str, value: int, unit: str) -> str:
     """Why `value` (in `unit`) is not a plausible time, and which unit would make it one."""
     year = int(1970 + value // TIME_UNITS[unit] / 31_556_952)
-    fits = [u for u, d in TIME_UNITS.items() if TIME_MIN <= value // d < TIME_MAX]
-    hint = (f"it looks like {_UNIT_NAMES[fits[0]]}: prepare with --time-unit {fits[0]} (time_unit={fits[0]!r})"
+    fits = [u for u, d in TIME_UNITS.items() if not outside_time_range(value // d)]
+    hint = (f"it looks like {TIME_UNIT_NAMES[fits[0]]}: prepare with --time-unit {fits[0]} (time_unit={fits[0]!r})"
             if fits else "no unit (--time-unit s|ms|us|ns) makes it one")
-    return (f"{what}: {value} is not a plausible time in unix {_UNIT_NAMES[unit]}: it would be the year {year}, "
+    return (f"{what}: {value} is not a plausible time in unix {TIME_UNIT_NAMES[unit]}: it would be the year {year}, "
             f"and times must lie in {TIME_RANGE}; {hint}")
 
 
@@ -524,14 +522,19 @@ def _parse_file(raw: _Raw, schema: Schema, split_col: str | None, unit: str = "s
     val = lambda c, k: _short(t.column(c)[k].as_py())  # noqa: E731
     checks: list[_Check] = []
 
-    bad_lines = raw.not_utf8[:, 0]  # the reader saw '?' for the bad bytes: the row's values are not the file's
+    bad_lines = raw.not_utf8[:, 0]  # the reader saw U+FFFD for the bad bytes: those values are not the file's
     def utf8_msg(k):
         _, byte, offset = raw.not_utf8[np.searchsorted(bad_lines, raw.rownum[k] + 1)]
         return (f"not valid UTF-8 (byte {int(byte):#04x} at byte {int(offset)} of the line); save the file as UTF-8 "
                 f"(e.g. iconv -f latin1 -t utf-8)")
 
-    checks.append(_Check("not UTF-8", np.isin(raw.rownum + 1, bad_lines) if len(bad_lines) else np.zeros(n, bool),
-                         utf8_msg))
+    not_utf8 = np.zeros(n, bool)
+    if len(bad_lines):
+        on_bad_line = np.isin(raw.rownum + 1, bad_lines)
+        for c in dict.fromkeys(t.column_names):  # a bad byte in a column the schema does not read spoils nothing
+            if pa.types.is_string(col(c).type):
+                not_utf8 |= on_bad_line & _np_bool(pc.match_substring(col(c), "\ufffd"))
+    checks.append(_Check("not UTF-8", not_utf8, utf8_msg))
 
     used = list(dict.fromkeys(t.column_names))
     empty = np.ones(n, bool)
@@ -557,13 +560,13 @@ def _parse_file(raw: _Raw, schema: Schema, split_col: str | None, unit: str = "s
 
     ts_value, present, integral, ts = _parse_time(col(schema.time), unit)
     def tmsg(k):
-        return (f"field {schema.time!r}: expected unix {_UNIT_NAMES[unit]} (a positive integer), "
+        return (f"field {schema.time!r}: expected unix {TIME_UNIT_NAMES[unit]} (a positive integer), "
                 f"got {val(schema.time, k)}")
 
     checks.append(_Check("timestamp missing", ~present, lambda k: f"field {schema.time!r}: missing timestamp"))
     checks.append(_Check("timestamp not an integer", ~integral, tmsg))
     checks.append(_Check("timestamp not positive", ~(ts_value > 0), tmsg))
-    checks.append(_Check("timestamp out of range", _out_of_range(ts),
+    checks.append(_Check("timestamp out of range", outside_time_range(ts),
                          lambda k: _range_msg(f"field {schema.time!r}", int(ts_value[k]), unit)))
 
     num = {}
@@ -590,7 +593,7 @@ def _parse_file(raw: _Raw, schema: Schema, split_col: str | None, unit: str = "s
         row_t = np.repeat(np.arange(n), tlens)
         tvalue, _, tint, tsec = _parse_time(tflat, unit)
         bad_t = ~(tint & (tvalue > 0))
-        far_t = ~bad_t & _out_of_range(tsec)
+        far_t = ~bad_t & outside_time_range(tsec)
         seqs["time"] = _Seq(tlens, np.where(bad_t | far_t, 0, tsec))
         diff = np.zeros(n, bool)
         bad_empty = np.zeros(n, bool)
@@ -738,7 +741,7 @@ def prepare_table(schema: Schema, inputs: list[str | Path], out: str | Path, on_
         try:
             part, checks = _parse_file(raw, schema, split_col, time_unit)
         except pa.ArrowException as e:  # a column of a type no check can read (e.g. a struct in Parquet)
-            raise DataError(f"{path}: cannot read the schema's columns: {_one_line(e)}") from e
+            raise DataError(f"{path}: cannot read the schema's columns: {one_line(e)}") from e
         bad = np.flatnonzero(part.reason >= 0)
         if on_bad_row == "error" and (raw.malformed or len(bad)):  # the earliest bad row of the file
             first = []
@@ -841,7 +844,7 @@ def _load_content(schema: Schema, cpath: Path, parts: list[_Part], sel: np.ndarr
     try:
         table = np.load(cpath, mmap_mode="r")
     except (ValueError, OSError, EOFError) as e:  # not a .npy array (a pickle, text, a truncated file)
-        raise DataError(f"content table {cpath}: not a readable .npy array ({_one_line(e)})") from e
+        raise DataError(f"content table {cpath}: not a readable .npy array ({one_line(e)})") from e
     if table.ndim != 2 or table.shape[1] != schema.content.dim:
         raise DataError(f"content table {cpath}: shape {table.shape}, expected [rows, {schema.content.dim}] "
                         f"(schema content.dim)")

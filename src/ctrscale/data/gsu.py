@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ConfigError
+
 CACHE_VERSION = 1
 SEARCH_ROWS = 4096       # rows searched at once when a split is searched whole
 TABLE_MAX_ITEMS = 8192   # an item x item cosine table up to 8192^2 float32 = 256 MiB
@@ -33,9 +35,9 @@ class CandidateSequence:
 
     def __post_init__(self):
         if self.length < 1:
-            raise ValueError(f"candidate sequence length must be >= 1, got {self.length}")
+            raise ConfigError(f"candidate sequence length must be >= 1, got {self.length}")
         if self.source_len < 0:
-            raise ValueError(f"candidate sequence source_len must be >= 0, got {self.source_len}")
+            raise ConfigError(f"candidate sequence source_len must be >= 0, got {self.source_len}")
 
 
 class Searcher:
@@ -47,23 +49,23 @@ class Searcher:
         self._splits: dict[str, np.ndarray] = {}
         if cfg.by == "content":
             if spec.content_key is None:
-                raise ValueError(f"{spec.name}: soft search (by='content') needs a content table in the schema")
+                raise ConfigError(f"{spec.name}: soft search (by='content') needs a content table in the schema")
             item_col = spec.sparse.index(spec.content_key)
             self.field = next((j for j, a in enumerate(spec.hist_to_sparse) if a == item_col), -1)
             if self.field < 0:
-                raise ValueError(f"{spec.name}: no behavior field carries the content key {spec.content_key!r}")
+                raise ConfigError(f"{spec.name}: no behavior field carries the content key {spec.content_key!r}")
             content = data.content().astype(np.float32)
             norm = np.linalg.norm(content, axis=1, keepdims=True)
             self.content = content / np.maximum(norm, 1e-12)
             self.table = self.content @ self.content.T if len(content) <= TABLE_MAX_ITEMS else None
         else:
             if cfg.by not in spec.hist:
-                raise ValueError(f"{spec.name}: hard search field {cfg.by!r} is not a behavior field; "
+                raise ConfigError(f"{spec.name}: hard search field {cfg.by!r} is not a behavior field; "
                                  f"have {list(spec.hist)} (or by='content')")
             self.field = spec.hist.index(cfg.by)
         self.cand_col = spec.hist_to_sparse[self.field]
         if self.cand_col < 0:
-            raise ValueError(f"{spec.name}: behavior field {spec.hist[self.field]!r} has no candidate field "
+            raise ConfigError(f"{spec.name}: behavior field {spec.hist[self.field]!r} has no candidate field "
                              f"sharing its vocabulary")
 
     def __call__(self, sparse: np.ndarray, hist_start: np.ndarray, hist_end: np.ndarray) -> dict[str, np.ndarray]:

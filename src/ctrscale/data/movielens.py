@@ -17,7 +17,8 @@ import numpy as np
 from ..errors import DataError
 from ..schema import load_schema
 from .prepare import join_by_key, request_ids, time_split, write_prepared
-from .store import TIME_MAX, TIME_MIN, TIME_RANGE, check_inputs_outside, check_output, fingerprint, is_prepared
+from .store import (TIME_RANGE, check_inputs_outside, check_output, fingerprint, is_prepared,
+                    outside_time_range)
 
 ML1M_GENRES = ["Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
                "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War",
@@ -117,7 +118,7 @@ def prepare_movielens(name: str, raw_dir: str | Path, out: str | Path, force: bo
         return None
     check_output(out)
     user, item, rating, ts, users, items = load(raw_dir)
-    far = (ts < TIME_MIN) | (ts >= TIME_MAX)
+    far = outside_time_range(ts)
     if far.any():
         bad = int(np.argmax(far))
         raise DataError(f"{present[0]}: row {bad + 1}: field timestamp: {ts[bad]} is not a unix time in seconds "

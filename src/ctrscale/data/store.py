@@ -16,8 +16,9 @@ and read back as memory maps.
 
 A user's files are never deleted. An existing output folder is replaced only when it carries the marker and holds
 nothing but what a preparation writes there (`_OURS`); any other non-empty folder is refused with a DataError. A
-preparation is written into the sibling `<root>.partial-<pid>` (marked) and swapped in only once complete (the old
-folder is renamed to `<root>.old-<pid>`, the new one renamed in, then the old one deleted), so a failed or
+preparation is written into the hidden sibling `.<root>.ctrscale-partial-<pid>-<token>` (marked) and swapped in only
+once complete (the old folder is renamed to `.<root>.ctrscale-old-<pid>-<token>`, the new one renamed in, then the
+old one deleted), so a failed or
 interrupted preparation leaves the previous one intact. Leftovers of dead processes are cleaned up (or, when a swap
 was cut between its two renames, the old folder restored) by the next preparation or `is_prepared` check.
 
@@ -30,6 +31,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 from collections import Counter
 from contextlib import contextmanager
@@ -46,11 +48,14 @@ SPLITS = ("train", "valid", "test")
 MARKER = ".ctrscale-prepared"
 TIME_MIN = 315_532_800      # 1980-01-01 00:00 UTC: older "unix seconds" are almost surely another unit or offset
 TIME_MAX = 4_102_444_800    # 2100-01-01 00:00 UTC: milliseconds read as seconds land near the year 55000
+TIME_UNIT_NAMES = {"s": "seconds", "ms": "milliseconds", "us": "microseconds", "ns": "nanoseconds"}
 TIME_RANGE = "1980-01-01 .. 2100-01-01 (unix seconds 315532800 .. 4102444799)"
 # Paths (relative, '/'-separated) a preparation writes in its folder; anything else there is the user's.
+# gsu/ holds the candidate-sequence caches that training writes beside the data (data/gsu.py).
 _OURS = re.compile(r"\.ctrscale-prepared|meta\.json|report\.json|report\.md|content\.npy|[^/]*\.tmp"
                    r"|vocab(/[^/]+\.(json|tmp))?|log(/[^/]+\.(bin|json|tmp))?"
-                   r"|(train|valid|test)(/shard-\d+(/[^/]+\.(bin|json|tmp))?)?")
+                   r"|(train|valid|test)(/shard-\d+(/[^/]+\.(bin|json|tmp))?)?"
+                   r"|gsu(/[^/]+(/(train|valid|test)(\.tmp)?\.npy)?)?")
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -183,9 +188,20 @@ def _foreign(folder: Path) -> str | None:
     return None
 
 
+def _marked(folder: Path) -> bool:
+    """Made by a preparation: the marker, or (written before the marker existed) a meta.json of our format."""
+    if (folder / MARKER).is_file():
+        return True
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and {"format_version", "fingerprint", "layout", "splits"} <= meta.keys()
+
+
 def _ours(folder: Path) -> bool:
     """A folder ctrscale marked and that holds nothing else: safe to delete."""
-    return folder.is_dir() and not folder.is_symlink() and (folder / MARKER).is_file() and _foreign(folder) is None
+    return folder.is_dir() and not folder.is_symlink() and _marked(folder) and _foreign(folder) is None
 
 
 def check_output(root: str | Path) -> None:
@@ -199,7 +215,7 @@ def check_output(root: str | Path) -> None:
     entries = sorted(p.name for p in root.iterdir())
     if not entries:
         return
-    if MARKER not in entries:
+    if not _marked(root):
         raise DataError(f"{root}: the folder exists and holds files (e.g. {entries[0]!r}) but was not made by "
                         f"`ctrscale data prepare` (no {MARKER} marker); refusing to write into it. Choose another "
                         f"--out (a new or empty folder), or remove the folder yourself")
@@ -221,9 +237,14 @@ def check_inputs_outside(root: str | Path, inputs) -> None:
                             f"choose an --out outside the inputs' folders")
 
 
+def _sibling(root: Path, kind: str) -> Path:
+    """A temporary folder beside `root`: hidden, named for ctrscale, this process and a random token."""
+    return root.with_name(f".{root.name}.ctrscale-{kind}-{os.getpid()}-{secrets.token_hex(4)}")
+
+
 def _siblings(root: Path):
     """(path, kind 'partial' | 'old', pid) of the temporary folders preparations of `root` leave beside it."""
-    pat = re.compile(re.escape(root.name) + r"\.(partial|old)-(\d+)")
+    pat = re.compile(r"\." + re.escape(root.name) + r"\.ctrscale-(partial|old)-(\d+)-[0-9a-f]{8}")
     if not root.parent.is_dir():
         return []
     found = [(p, m.group(1), int(m.group(2))) for p in root.parent.iterdir() if (m := pat.fullmatch(p.name))]
@@ -256,10 +277,16 @@ def recover(root: str | Path) -> None:
             shutil.rmtree(path)
 
 
+def outside_time_range(seconds: np.ndarray) -> np.ndarray:
+    """Mask of times that are not plausible unix seconds (before TIME_MIN or from TIME_MAX on)."""
+    seconds = np.asarray(seconds)
+    return (seconds < TIME_MIN) | (seconds >= TIME_MAX)
+
+
 def check_times(times: np.ndarray, what: str) -> None:
     """Every time must be unix seconds in [TIME_MIN, TIME_MAX); `what` names them for the message."""
     t = np.asarray(times)
-    bad = (t < TIME_MIN) | (t >= TIME_MAX)
+    bad = outside_time_range(t)
     if bad.any():
         i = int(np.argmax(bad))
         raise DataError(f"{what}: {int(bad.sum())} time(s) outside {TIME_RANGE}, e.g. {int(t[i])} "
@@ -278,8 +305,8 @@ class Layout:
 
 class DatasetWriter:
     """Streams a preparation to disk: shards per split, the behavior log, vocabularies, then meta.json. Everything
-    is written into `<root>.partial-<pid>` and swapped into `root` by finish(); a failure on the way removes the
-    partial folder and leaves `root` as it was."""
+    is written into a hidden sibling (`_sibling`) and swapped into `root` by finish(); a failure on the way removes
+    the partial folder and leaves `root` as it was."""
 
     def __init__(self, root: str | Path, layout: Layout, shard_rows: int = 1_000_000):
         final = Path(os.path.abspath(root))  # "." or "out/" get a name the temporary siblings can extend
@@ -289,7 +316,7 @@ class DatasetWriter:
         final.parent.mkdir(parents=True, exist_ok=True)
         recover(final)
         self.final = final
-        self.root = final.with_name(f"{final.name}.partial-{os.getpid()}")
+        self.root = _sibling(final, "partial")
         self._swapped = False
         self.root.mkdir()
         (self.root / MARKER).touch()
@@ -314,9 +341,7 @@ class DatasetWriter:
         check_output(self.final)  # again: files may have been put there while we prepared
         old = None
         if self.final.exists():
-            old = self.final.with_name(f"{self.final.name}.old-{os.getpid()}")
-            if old.exists() and _ours(old):
-                shutil.rmtree(old)
+            old = _sibling(self.final, "old")
             os.rename(self.final, old)
         try:
             os.rename(self.root, self.final)
@@ -325,7 +350,7 @@ class DatasetWriter:
                 os.rename(old, self.final)
             raise
         self.root, self._swapped = self.final, True
-        if old is not None:
+        if old is not None and _ours(old):  # checked again: nothing may have been put there meanwhile
             shutil.rmtree(old, ignore_errors=True)  # what is left is removed by the next recover()
 
     def append_log(self, ids: np.ndarray, times: np.ndarray) -> int:
@@ -464,7 +489,7 @@ def report_markdown(rep: dict) -> str:
                   + (f" (CSV data lines: {rep['lines_read']:,})" if rep.get("lines_read") else "")
                   + f"; written: {rep.get('rows_written', 0):,}; skipped: {sum(rep['bad_rows_skipped'].values()):,}"]
     if "time_unit" in rep:
-        unit = {"s": "seconds", "ms": "milliseconds", "us": "microseconds", "ns": "nanoseconds"}[rep["time_unit"]]
+        unit = TIME_UNIT_NAMES[rep["time_unit"]]
         lines += ["", f"Times read as unix {unit} (time_unit {rep['time_unit']})"
                   + (", stored as unix seconds." if rep["time_unit"] != "s" else ".")]
     if rep.get("warnings"):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from .dataset import PreparedDataset
+from ..errors import ConfigError
 from .loader import LoaderConfig, _Gather
 
 
@@ -24,11 +25,12 @@ class StreamLoader:
     def __init__(self, data: PreparedDataset, split: str, cfg: LoaderConfig, seed: int = 0,
                  buffer: int = 100_000, chunk_rows: int = 65_536):
         if cfg.listwise:
-            raise ValueError("streaming batches are pointwise: set data.streaming=false for listwise training")
+            raise ConfigError("streaming batches are pointwise: set data.streaming=false for listwise training")
         if cfg.fraction < 1 or cfg.length_window or cfg.max_tokens:
-            raise ValueError("streaming supports neither data.train_fraction, length_window nor max_tokens")
+            raise ConfigError("data.streaming=true supports neither data.train_fraction < 1 nor "
+                              "data.length_window: set data.streaming=false for them")
         if buffer < 0 or chunk_rows < 1:
-            raise ValueError(f"buffer must be >= 0 and chunk_rows >= 1, got {buffer}, {chunk_rows}")
+            raise ConfigError(f"buffer must be >= 0 and chunk_rows >= 1, got {buffer}, {chunk_rows}")
         self.data, self.split, self.cfg, self.seed = data, split, cfg, seed
         self.buffer, self.chunk_rows = buffer, chunk_rows
         self.offsets = data.split(split).offsets                       # shard s holds rows offsets[s]:offsets[s+1]

@@ -51,6 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ConfigError
 from ..schema import Schema, load_schema
 from .movielens import schema_path
 from .prepare import covered_by, layout_of
@@ -102,7 +103,7 @@ class World:
 
     def __init__(self, n_users: int, n_items: int, impressions: int, seed: int, content_dim: int):
         if n_users < 1 or n_items < 20 or impressions < 1:
-            raise ValueError(f"synthetic: need n_users >= 1, n_items >= 20, impressions >= 1; "
+            raise ConfigError(f"synthetic: need n_users >= 1, n_items >= 20, impressions >= 1; "
                              f"got {n_users}, {n_items}, {impressions}")
         self.n_users, self.n_items, self.impressions, self.seed = n_users, n_items, impressions, seed
         rng = np.random.default_rng([seed, 0])
@@ -151,7 +152,7 @@ class World:
         per_user = act * coverage * 2 * PERIOD_DAYS * mean_session
         self.q = impressions / (n_users * per_user * MEAN_CANDIDATES)
         if self.q > 1:
-            raise ValueError(f"synthetic: {impressions:,} impressions need more than one request per behavior for "
+            raise ConfigError(f"synthetic: {impressions:,} impressions need more than one request per behavior for "
                              f"{n_users:,} users (at most ~{int(n_users * per_user * MEAN_CANDIDATES):,}); "
                              f"raise n_users")
 

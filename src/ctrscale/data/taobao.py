@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyarrow import csv
 
+from ..errors import DataError
 from ..schema import load_schema
 from .movielens import schema_path
 from .prepare import join_by_key, request_ids, write_prepared
@@ -49,7 +50,7 @@ def _ints(table, name: str, path: Path) -> np.ndarray:
     if not (pa.types.is_integer(col.type) or pa.types.is_null(col.type)):
         values = col.to_pylist()
         bad = next(i for i, v in enumerate(values) if v is not None and not str(v).lstrip("-").isdigit())
-        raise ValueError(f"{path}: row {bad + 2}: field {name}: not an integer: {values[bad]!r}")
+        raise DataError(f"{path}: row {bad + 2}: field {name}: not an integer: {values[bad]!r}")
     return pc.fill_null(col.cast("int64"), -1).to_numpy()
 
 
@@ -66,7 +67,7 @@ def _behaviors(path: Path, users: np.ndarray, since: int) -> dict[str, np.ndarra
         code = np.array([BTAGS.get(t, 0) for t in tags], dtype=np.int8)
         if (code == 0).any():
             bad = int(np.argmax(code == 0))
-            raise ValueError(f"{path}: row {row0 + bad + 2}: field btag: {tags[bad]!r} is not one of {list(BTAGS)}")
+            raise DataError(f"{path}: row {row0 + bad + 2}: field btag: {tags[bad]!r} is not one of {list(BTAGS)}")
         keep = np.isin(user, users) & (time >= since)
         for k, v in (("user", user), ("time", time), ("btag", code)):
             parts[k].append(v[keep])
@@ -91,10 +92,10 @@ def prepare_taobao(raw_dir: str | Path, out: str | Path, force: bool = False, lo
     clk = _ints(sample, "clk", sample_path)
     if not np.isin(clk, (0, 1)).all():
         bad = int(np.argmax(~np.isin(clk, (0, 1))))
-        raise ValueError(f"{sample_path}: row {bad + 2}: field clk: {clk[bad]} is not 0 or 1")
+        raise DataError(f"{sample_path}: row {bad + 2}: field clk: {clk[bad]} is not 0 or 1")
     if (ts <= 0).any():
         bad = int(np.argmax(ts <= 0))
-        raise ValueError(f"{sample_path}: row {bad + 2}: field time_stamp: non-positive value {ts[bad]}")
+        raise DataError(f"{sample_path}: row {bad + 2}: field time_stamp: non-positive value {ts[bad]}")
     pid = np.array(sample["pid"].to_pylist(), dtype=object).astype(str)
     order = np.lexsort((ad, user, ts))
     user, ts, ad, clk, pid = user[order], ts[order], ad[order], clk[order], pid[order]
@@ -103,7 +104,7 @@ def prepare_taobao(raw_dir: str | Path, out: str | Path, force: bool = False, lo
     days = np.unique(day)
     split = np.where(day == days[-1], 2, np.where(day == days[-2], 1, 0)) if len(days) >= 3 else None
     if split is None:
-        raise ValueError(f"{sample_path}: needs impressions on at least 3 days (train, valid = the day before "
+        raise DataError(f"{sample_path}: needs impressions on at least 3 days (train, valid = the day before "
                          f"the last, test = the last day); found {len(days)}")
 
     ads_path = raw_dir / "ad_feature.csv"

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from ..batch import Batch
 from ..data.dataset import DataSpec
-from ..typed import ConfigError, check, checked
+from ..typed import check, check_heads, checked
 from .attention import RMSNorm, SwiGLU
 from .content import content_topk, csa_apply
 from .layers import MLP, TokenLinear, TokenSwiGLU, masked_softmax
@@ -59,8 +59,7 @@ class ESTConfig(UnifiedInputConfig):
 
     def __post_init__(self):
         check(self.attention, "attention", choices=ATTENTIONS)
-        if self.heads >= 1 and self.dim % self.heads:
-            raise ConfigError(f"heads: must divide dim ({self.dim}), got {self.heads}")
+        check_heads(self.dim, self.heads)
 
 
 def lca(q: Tensor, k_u: Tensor, v_u: Tensor, mask_u: Tensor, k_c: Tensor, v_c: Tensor, mask_c: Tensor) -> Tensor:

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from ..batch import Batch
 from ..data.dataset import DataSpec
-from ..typed import ConfigError, check, checked
+from ..typed import ConfigError, check, check_heads, checked
 from .base import CTRModel
 from .fields import FieldTokens
 from .layers import MLP
@@ -62,8 +62,7 @@ class FATConfig:
     def __post_init__(self):
         check(self.projections, "projections", choices=PROJECTIONS)
         check(self.alpha, "alpha", choices=ALPHAS)
-        if self.heads >= 1 and self.dim % self.heads:
-            raise ConfigError(f"heads: must divide dim ({self.dim}), got {self.heads}")
+        check_heads(self.dim, self.heads)
         if not 1 <= self.top_k <= self.bases:
             raise ConfigError(f"top_k: must be in [1, bases={self.bases}], got {self.top_k}")
 

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ..batch import Batch
 from ..data.dataset import DataSpec
-from ..typed import ConfigError, checked
+from ..typed import check_heads, checked
 from .attention import RMSNorm
 from .fields import TokenInputConfig, TokenInputModel
 from .layers import MLP, TokenLinear, TokenSwiGLU
@@ -37,8 +37,7 @@ class HiFormerConfig(TokenInputConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.heads >= 1 and self.dim % self.heads:
-            raise ConfigError(f"heads: must divide dim ({self.dim}), got {self.heads}")
+        check_heads(self.dim, self.heads)
 
 
 class HeterogeneousAttention(nn.Module):

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from ..batch import Batch
 from ..data.dataset import DataSpec
-from ..typed import ConfigError, check, checked
+from ..typed import check, check_heads, checked
 from .attention import RMSNorm, SwiGLU
 from .layers import MLP, TargetAttention, TokenLinear, TokenSwiGLU, masked_mean, masked_softmax
 from .registry import register
@@ -42,8 +42,7 @@ class OneTransConfig(UnifiedInputConfig):
 
     def __post_init__(self):
         check(self.candidate_sequence, "candidate_sequence", choices=MODES)
-        if self.heads >= 1 and self.dim % self.heads:
-            raise ConfigError(f"heads: must divide dim ({self.dim}), got {self.heads}")
+        check_heads(self.dim, self.heads)
 
 
 class MixedLayer(nn.Module):

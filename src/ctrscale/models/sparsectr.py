@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from ..batch import Batch
 from ..data.dataset import DataSpec
-from ..typed import ConfigError, check, checked
+from ..typed import ConfigError, check, check_heads, checked
 from .attention import RMSNorm, SwiGLU
 from .base import CTRModel
 from .evo_attention import (
@@ -87,8 +87,7 @@ class SparseCTRConfig:
     rel_weekend: bool = True         # B4: False
 
     def __post_init__(self):
-        if self.heads >= 1 and self.dim % self.heads:
-            raise ConfigError(f"heads: must divide dim ({self.dim}), got {self.heads}")
+        check_heads(self.dim, self.heads)
         self.resolved()
         self.branches()
 

@@ -60,6 +60,13 @@ class SweepSpec:
             raise ConfigError(f"sweep {self.name}: give `axes` (a grid) and/or `points` (a list)")
         if not self.seeds:
             raise ConfigError("seeds: give at least one seed")
+        from .laws import FORMS
+        for i, f in enumerate(self.fits):  # checked now, not after every point has trained
+            missing = [k for k in ("name", "x", "form") if k not in f]
+            if missing:
+                raise ConfigError(f"fits[{i}]: missing {missing}; a fit needs name, x and form")
+            if f["form"] not in FORMS:
+                raise ConfigError(f"fits[{i}].form: one of {sorted(FORMS)}, got {f['form']!r}")
 
 
 @dataclass(frozen=True)

@@ -105,6 +105,9 @@ class RunConfig:
         """Checks across keys, and of the model sections against their models' configs; `from_dict` has checked
         each key's type and range (check_fields repeats that for a config built in code)."""
         check_fields(self)
+        if not self.name or Path(self.name).is_absolute() or ".." in Path(self.name).parts:
+            raise ConfigError(f"name: the run folder's name inside out_dir ({self.out_dir}); an empty, absolute or "
+                              f"'..' name would leave it, got {self.name!r}")
         if not DEVICE.fullmatch(self.train.device):
             raise ConfigError(f"train.device: must be auto, cpu, cuda or cuda:N, got {self.train.device!r}")
         check_model(self.model, "model")

@@ -40,6 +40,9 @@ from .sharding import clip_gradients, full_optimizer_state, full_state, load_opt
 def resolve_device(name: str, world: World | None = None) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name}: no CUDA device is available to this torch build; use "
+                          f"train.device=cpu (or auto)")
     if name == "cuda" and world is not None and world.distributed:
         return torch.device("cuda", world.local_rank)
     return torch.device(name)
@@ -240,11 +243,13 @@ def fit(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict:
     `resume` (and only under the config it started with) and replaced only with `overwrite`."""
     world = init_world(cfg.train.device)
     with RunLock(cfg.run_dir) if world.is_main else nullcontext():
+        finished = check_run_folder(cfg.run_dir, cfg.to_dict(), resume, overwrite) if world.is_main else None
         if world.is_main:
-            check_run_folder(cfg.run_dir, resume, overwrite)
-            for tmp in [*cfg.run_dir.glob("*.pt.tmp-*"), *cfg.run_dir.glob("*.pt.sha256.tmp-*")]:
+            for tmp in [*cfg.run_dir.glob("*.pt.tmp-*"), *cfg.run_dir.glob("*.pt.sha256.tmp")]:
                 tmp.unlink()  # left by a process killed mid-write (we hold the lock now)
-        return _fit(cfg, resume, world)
+        if world.distributed:
+            finished = world.gather(finished)[0]
+        return finished if finished is not None else _fit(cfg, resume, world)
 
 
 def check_labels(data, splits=("valid", "test")) -> None:
@@ -304,7 +309,8 @@ def _fit(cfg: RunConfig, resume: bool, world: World) -> dict:
     steps_per_epoch = train_loader.steps_per_epoch()
     sched = make_schedule(opt, cfg.optim, steps_per_epoch * cfg.train.epochs)
     st = {"epoch": 0, "step_in_epoch": 0, "step": 0, "best": -1.0, "best_epoch": -1, "bad_epochs": 0,
-          "epochs": [], "train_seconds": 0.0, "impressions": 0, "done": False, "skipped_steps": 0}
+          "epochs": [], "train_seconds": 0.0, "impressions": 0, "done": False, "skipped_steps": 0,
+          "data_fingerprint": data.meta.get("fingerprint"), "precision": _precision_used(device, cfg.train.precision)}
     last = run_dir / "last.pt"
     if resume and last.exists():
         ck = load_checkpoint(last)
@@ -313,11 +319,12 @@ def _fit(cfg: RunConfig, resume: bool, world: World) -> dict:
             raise RunError(f"{last}: the run there started under another config than asked for now "
                            f"({'; '.join(drift)}); resume it with its own settings ({run_dir / 'config.yaml'}), "
                            f"or train into another folder (another name or out_dir), or replace it with --overwrite")
+        _check_same_data_and_precision(last, ck["state"], st)
         trainable.load_state_dict(ck["model"])
         load_optimizer_state(opt, ck["optim"], shards)
         sched.load_state_dict(ck["sched"])
         _set_rng_state(ck["rng"])
-        st = ck["state"]
+        st = {**st, **ck["state"]}  # keys added since the checkpoint was written start at their defaults
         if st["done"] and (run_dir / "results.json").exists():
             return json.loads((run_dir / "results.json").read_text())
     saved_sparse = None
@@ -335,7 +342,11 @@ def _fit(cfg: RunConfig, resume: bool, world: World) -> dict:
                                                            indent=1))
     log = MetricLog(run_dir, st["step"]) if main else NullLog()
 
+    saved_step = st["step"] if last.exists() and resume else None
+
     def checkpoint():  # called on every rank: gathering sharded tables is collective
+        nonlocal saved_step
+        saved_step = st["step"]
         model_state = full_state(trainable) if shards else trainable.state_dict()
         optim_state = full_optimizer_state(opt, shards) if shards else opt.state_dict()
         refuse_nonfinite(model_state, f"{last} at step {st['step']}")
@@ -364,10 +375,10 @@ def _fit(cfg: RunConfig, resume: bool, world: World) -> dict:
             max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf  # inf: measure, don't clip
             norm = clip_gradients(trainable.parameters(), max_norm, shards) if shards else \
                 nn.utils.clip_grad_norm_(trainable.parameters(), max_norm)
-            loss_value, norm_value = loss.item(), float(norm)
-            finite = math.isfinite(loss_value) and math.isfinite(norm_value)
-            if world.distributed:  # every rank must take (or skip) the same step
-                finite = world.sum(0.0 if finite else 1.0) == 0
+            loss_value, norm_value = torch.stack([loss.detach().float(), norm.float().to(loss.device)]).tolist()
+            # Under DDP the gradient norm is global (a rank's NaN loss makes every rank's norm NaN), so deciding on
+            # it alone keeps all ranks taking, or skipping, the same step without another collective.
+            finite = math.isfinite(norm_value) and (world.distributed or math.isfinite(loss_value))
             if finite:
                 opt.step()
             else:  # never step (or later checkpoint) on a non-finite loss or gradient
@@ -377,9 +388,11 @@ def _fit(cfg: RunConfig, resume: bool, world: World) -> dict:
                 what = (f"non-finite training step {st['step'] + 1} (epoch {epoch + 1}): loss {loss_value:.4g}, "
                         f"gradient norm {norm_value:.4g}, learning rate {lr:.3g}")
                 if st["skipped_steps"] > cfg.train.skip_nonfinite_steps:
-                    raise RunError(f"{run_dir}: training diverged: {what}; {last} keeps the last good state. Lower "
-                                   f"optim.lr, keep optim.grad_clip > 0, use train.precision=fp32, or allow a few "
-                                   f"such steps with train.skip_nonfinite_steps=N")
+                    kept = (f"{last} keeps the state of step {saved_step}" if saved_step is not None else
+                            "no checkpoint was written")
+                    raise RunError(f"{run_dir}: training diverged: {what}; {kept}. Lower optim.lr, keep "
+                                   f"optim.grad_clip > 0, use train.precision=fp32, or allow a few such steps "
+                                   f"with train.skip_nonfinite_steps=N")
                 _say(cfg if main else None, f"skipped {what} ({st['skipped_steps']} of at most "
                                             f"{cfg.train.skip_nonfinite_steps})")
             sched.step()
@@ -448,6 +461,20 @@ def _fit(cfg: RunConfig, resume: bool, world: World) -> dict:
         (run_dir / "results.json").write_text(json.dumps(results, indent=1))
     world.barrier()
     return results
+
+
+def _precision_used(device: torch.device, precision: str) -> str:
+    return "bf16" if precision == "bf16" or (precision == "auto" and device.type == "cuda") else "fp32"
+
+
+def _check_same_data_and_precision(last: Path, saved: dict, now: dict) -> None:
+    """A resume must see the data and arithmetic the run started with: the same preparation (its fingerprint; a
+    folder prepared again from other inputs differs) and the same precision (`auto` follows the device)."""
+    for key, what in (("data_fingerprint", "the prepared data (fingerprint in its meta.json)"),
+                      ("precision", "the precision (train.precision=auto is bf16 on a GPU, fp32 on a CPU)")):
+        if saved.get(key) is not None and saved[key] != now[key]:
+            raise RunError(f"{last}: the run started with other {what}: {saved[key]!r} -> {now[key]!r}; resume "
+                           f"with the run's own data and device (or train.precision), or start a new run")
 
 
 def refuse_nonfinite(state: dict, where: str) -> None:

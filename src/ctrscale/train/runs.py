@@ -4,7 +4,9 @@ mixes two experiments.
 - `RunLock`: an exclusive lock on <run>/.lock for the whole training; a second training into the same folder is
   refused with the holder's pid.
 - `check_run_folder`: a folder that already holds a run (last.pt, best.pt or results.json) is trained into only
-  with --resume (continue it) or --overwrite (replace ctrscale's files in it; nothing else is touched).
+  with --resume (continue it; a finished run is returned as it is when the config matches) or --overwrite (replace
+  ctrscale's files in it, only when ctrscale wrote the run: its config.yaml loads as a run config; nothing else is
+  touched).
 - `save_checkpoint` / `load_checkpoint`: written atomically (a unique temporary file, then a rename) with the
   SHA-256 of the file in <name>.sha256; loading verifies it, and every failure names the file. The sidecar lists
   the new digest and the one of the file it replaces, so a crash between writing the sidecar and the rename still
@@ -17,24 +19,24 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import zipfile
 from pathlib import Path
 
 import torch
 
+from ..data.store import atomic_write_text
 from ..errors import ConfigError, RunError
 
 CHECKSUM_SUFFIX = ".sha256"
-# what ctrscale writes into a run folder; --overwrite removes these and nothing else
-RUN_FILES = ("config.yaml", "data_spec.json", "metrics.csv", "tb", "last.pt", "best.pt", "teacher.pt",
-             "sparse_snapshot.pt", "results.json", "test_predictions.npz", "point.json", "analysis")
+# what `ctrscale train` writes into a run folder; --overwrite removes these (and tb/'s event files), nothing else
+RUN_FILES = ("config.yaml", "data_spec.json", "metrics.csv", "last.pt", "best.pt", "teacher.pt",
+             "sparse_snapshot.pt", "results.json", "test_predictions.npz")
 HOLDS_A_RUN = ("results.json", "last.pt", "best.pt")
 # settings that may differ between a run's start and its resume (or reuse) without changing its results
 # (a run sharded over ranks resumes in one process and ends where the uninterrupted run does: tests/test_sharding)
 NOT_THE_EXPERIMENT = {"name", "out_dir", "train.threads", "train.progress", "train.device", "train.log_every",
                       "train.checkpoint_every", "train.max_steps", "train.embedding_sharding", "train.shard_min_rows",
-                      "data.num_workers", "data.eval_batch_size"}
+                      "train.skip_nonfinite_steps", "data.num_workers", "data.eval_batch_size"}
 
 
 class RunLock:
@@ -72,24 +74,65 @@ class RunLock:
             self.file = None
 
 
-def check_run_folder(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to train over a run without --resume or --overwrite; with --overwrite remove ctrscale's run files."""
+def check_run_folder(run_dir: Path, cfg: dict, resume: bool, overwrite: bool) -> dict | None:
+    """Refuse to train over a run without --resume or --overwrite; with --overwrite remove ctrscale's run files.
+    Returns the results of a finished run that --resume asks for under its own config (nothing left to train)."""
     if resume and overwrite:
         raise ConfigError("--resume continues the run in the folder and --overwrite replaces it: give one of them")
     held = [f for f in HOLDS_A_RUN if (run_dir / f).exists()]
-    if not held or resume:
-        return
+    if not held:
+        return None
+    if resume:
+        if (run_dir / "last.pt").exists():
+            return None  # the resume checks the checkpoint's config
+        return finished_results(run_dir, cfg)
     if not overwrite:
         state = "a finished run" if "results.json" in held else "a started run"
         raise RunError(f"{run_dir}: holds {state} ({', '.join(held)}); continue it with --resume, train into "
                        f"another folder (name=... or out_dir=...), or replace it with --overwrite")
+    if saved_config(run_dir) is None:
+        raise RunError(f"{run_dir}: holds {', '.join(held)} but no run config written by `ctrscale train` "
+                       f"(config.yaml); refusing to replace files ctrscale may not have written: train into another "
+                       f"folder, or remove them yourself")
     for name in RUN_FILES:
-        p = run_dir / name
-        for q in (p, p.with_name(p.name + CHECKSUM_SUFFIX)):
-            if q.is_dir():
-                shutil.rmtree(q)
-            elif q.exists():
-                q.unlink()
+        for q in (run_dir / name, run_dir / (name + CHECKSUM_SUFFIX)):
+            q.unlink(missing_ok=True)
+    for event in (run_dir / "tb").glob("events.out.tfevents.*"):  # TensorBoard's files; the folder may hold more
+        event.unlink()
+    return None
+
+
+def saved_config(run_dir: Path) -> dict | None:
+    """The run config a training saved in the folder, or None when there is none that loads as one."""
+    import yaml
+    try:
+        raw = yaml.safe_load((run_dir / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return raw if isinstance(raw, dict) and {"model", "data", "optim", "train"} <= raw.keys() else None
+
+
+def run_drift(run_dir: Path, cfg: dict) -> list[str]:
+    """How the run saved in `run_dir` (its config.yaml) differs from `cfg`; [] when there is none or no difference."""
+    started = saved_config(run_dir)
+    return config_drift(started, cfg) if started is not None else []
+
+
+def finished_results(run_dir: Path, cfg: dict) -> dict:
+    """The results.json of a finished run, when it ran under `cfg` (else a RunError naming what differs)."""
+    import json
+    path = run_dir / "results.json"
+    res = json.loads(path.read_text()) if path.exists() else None
+    started = (res or {}).get("config") or saved_config(run_dir)
+    if res is None or started is None:
+        raise RunError(f"{run_dir}: holds {'results.json without its config' if res else 'best.pt'} but no last.pt "
+                       f"to resume from; train into another folder, or replace the run with --overwrite")
+    drift = config_drift(started, cfg)
+    if drift:
+        raise RunError(f"{run_dir}: holds a finished run under another config than asked for now "
+                       f"({'; '.join(drift)}); train into another folder (another name or out_dir), or replace it "
+                       f"with --overwrite")
+    return res
 
 
 def _sha256(path: Path) -> str:
@@ -104,28 +147,39 @@ def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + CHECKSUM_SUFFIX)
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+_SAVED: dict[str, tuple] = {}  # path -> (size, mtime_ns, sha256) of the checkpoint this process last wrote there
+
+
+def _current_digest(path: Path) -> str | None:
+    """The SHA-256 of the intact checkpoint now at `path` (None when there is none, or it does not verify)."""
+    if not path.exists():
+        return None
+    st = path.stat()
+    known = _SAVED.get(str(path))
+    if known and known[:2] == (st.st_size, st.st_mtime_ns):
+        return known[2]  # written by this process and unchanged: no need to read it again
+    try:
+        verify_checkpoint(path)
+    except RunError:
+        return None
+    return _sha256(path)
 
 
 def save_checkpoint(obj, path: str | Path) -> None:
-    """torch.save to a temporary file of this process, its digest into the sidecar, then rename into place."""
+    """torch.save to a temporary file of this process, its digest into the sidecar (with the digest of the intact
+    file still in place, should the rename never happen), then rename into place."""
     path = Path(path)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     try:
         torch.save(obj, tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        digests = [_sha256(tmp)]
-        side = _sidecar(path)
-        if path.exists() and side.exists():  # keep the digest of the file still in place until the rename
-            current = _sha256(path)
-            if current in side.read_text().split():
-                digests.append(current)
-        _write_text_atomic(side, "\n".join(digests) + "\n")
+        new = _sha256(tmp)
+        current = _current_digest(path)
+        atomic_write_text(_sidecar(path), "\n".join([new] + ([current] if current else [])) + "\n")
         os.replace(tmp, path)
+        st = path.stat()
+        _SAVED[str(path)] = (st.st_size, st.st_mtime_ns, new)
     finally:
         tmp.unlink(missing_ok=True)
 

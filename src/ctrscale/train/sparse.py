@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..models.layers import is_embedding_param
+from ..errors import ConfigError
 
 
 def sparse_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -61,5 +62,5 @@ def warm_start(model: nn.Module, path: str | Path) -> list[str]:
                 p.copy_(src)
                 copied.append(name)
     if not copied:
-        raise ValueError(f"train.sparse_init: no embedding table of {path} matches this model by name and shape")
+        raise ConfigError(f"train.sparse_init: no embedding table of {path} matches this model by name and shape")
     return copied
