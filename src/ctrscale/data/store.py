@@ -253,7 +253,7 @@ def _siblings(root: Path):
 
 def _alive(pid: int) -> bool:
     if pid == os.getpid():
-        return False  # an earlier, abandoned attempt of this process
+        return True  # this process (or, across PID namespaces, another one with our pid): abort() cleans its own
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
