@@ -26,9 +26,9 @@ from .. import metrics
 from ..accounting import count_params, inference_flops, training_flops_per_impression
 from ..data.catalog import open_dataset
 from ..data.loader import Loader, LoaderConfig
+from ..errors import RunError
 from ..models.layers import is_embedding_param
 from ..models.registry import build_model
-from ..errors import RunError
 from ..typed import ConfigError
 from . import sparse
 from .config import RunConfig, save_config
@@ -352,7 +352,7 @@ def _fit(cfg: RunConfig, resume: bool, world: World) -> dict:
         refuse_nonfinite(model_state, f"{last} at step {st['step']}")
         if main:
             save_checkpoint({"model": model_state, "optim": optim_state, "sched": sched.state_dict(),
-                         "rng": _rng_state(), "state": st, "config": cfg.to_dict()}, last)
+                             "rng": _rng_state(), "state": st, "config": cfg.to_dict()}, last)
 
     steps_this_process = 0
     trainable.train()
