@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import CtrscaleError, one_line
+from .errors import ConfigError, CtrscaleError, one_line
 
 
 def cmd_ls(args) -> int:
@@ -22,23 +22,19 @@ def cmd_ls(args) -> int:
 
 def cmd_prepare(args) -> int:
     from .data import catalog
-
-    def usage(msg: str) -> int:
-        print(f"ctrscale data: error: {msg}", file=sys.stderr)
-        return 2
     if args.schema:
         from .data.generic import prepare_from_schema_file
         if not args.input or not args.out:
-            return usage("--schema needs --input FILE [FILE ...] and --out DIR")
+            raise ConfigError("--schema needs --input FILE [FILE ...] and --out DIR")
         report = prepare_from_schema_file(args.schema, [Path(p) for p in args.input], Path(args.out),
                                           on_bad_row=args.on_bad_row, split=args.split, force=args.force,
                                           time_unit=args.time_unit or "s")
         out = Path(args.out)
     else:
         if not args.name:
-            return usage(f"name a dataset ({', '.join(catalog.NAMES)}) or give --schema")
+            raise ConfigError(f"name a dataset ({', '.join(catalog.NAMES)}) or give --schema")
         if args.input or args.time_unit:
-            return usage("--input and --time-unit apply to the generic preparer: give --schema too")
+            raise ConfigError("--input and --time-unit apply to the generic preparer: give --schema too")
         from .typed import apply_overrides
         options = apply_overrides({}, args.option or [])
         out, report = catalog.prepare(args.name, raw_dir=args.raw_dir, out=args.out, force=args.force, **options)

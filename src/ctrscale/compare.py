@@ -21,10 +21,9 @@ import numpy as np
 
 from . import metrics
 from .demo import markdown_table, plot_epoch_curves
-from .errors import ConfigError, RunError
+from .errors import ConfigError
 from .train.config import load_config
-from .train.recipe import fit
-from .train.runs import run_drift
+from .train.recipe import reuse_or_fit
 
 
 def run_compare(data: str, models: list[str], seeds: list[int], out: Path, overrides: list[str] = (),
@@ -38,13 +37,7 @@ def run_compare(data: str, models: list[str], seeds: list[int], out: Path, overr
             cfg = load_config(config, [f"name={name}", f"out_dir={out}", f"data.name={data}",
                                        f"train.seed={seed}", f"train.progress={str(progress).lower()}",
                                        *overrides, *own])
-            drift = run_drift(out / name, cfg.to_dict())
-            if drift and not overwrite:
-                raise RunError(f"{out / name} holds a run under another config than asked for now "
-                               f"({'; '.join(drift)}); compare into another --out, or retrain such runs with "
-                               f"--overwrite")
-            # a finished run under this config is reused, a stopped one continues
-            res = fit(cfg, overwrite=True) if drift else fit(cfg, resume=True)
+            res = reuse_or_fit(cfg, overwrite)
             runs.setdefault(model, []).append(res)
     report = summarize(runs, out)
     (out / "comparison.json").write_text(json.dumps(report, indent=1))

@@ -10,9 +10,7 @@ from pathlib import Path
 from .data import catalog
 from .models.registry import entries
 from .train.config import load_config
-from .errors import RunError
-from .train.recipe import fit
-from .train.runs import run_drift
+from .train.recipe import reuse_or_fit
 
 DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
 COLUMNS = ["model", "test AUC", "test GAUC", "test logloss", "dense params", "GFLOPs/60", "train imp/s"]
@@ -32,12 +30,7 @@ def run_demo(out: Path, epochs: int = 2, models: list[str] | None = None, option
                                         f"train.progress={str(progress).lower()}"])
         if progress:
             print(f"== {name}")
-        drift = run_drift(cfg.run_dir, cfg.to_dict())
-        if drift and not overwrite:
-            raise RunError(f"{cfg.run_dir} holds a demo run under other settings ({'; '.join(drift)}); run the "
-                           f"demo into another --out, or retrain with --overwrite")
-        # a finished run under these settings is reused, a stopped one continues
-        results.append(fit(cfg, overwrite=True) if drift else fit(cfg, resume=True))
+        results.append(reuse_or_fit(cfg, overwrite))  # reused, continued, or refused when settings differ
     rows = [table_row(r) for r in results]
     text = markdown_table(rows)
     if progress:

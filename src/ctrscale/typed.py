@@ -211,21 +211,15 @@ _FALSE = {"false", "no", "off"}
 
 
 def _to_int(v):
-    if isinstance(v, bool):
-        return _BAD
-    if isinstance(v, numbers.Integral):
+    if isinstance(v, numbers.Integral) and not isinstance(v, bool):
         return int(v)
     if isinstance(v, str):
         try:
             return int(v.strip().replace("_", ""))
         except ValueError:
-            try:
-                v = float(v)
-            except ValueError:
-                return _BAD
-    if isinstance(v, numbers.Real) and math.isfinite(v) and float(v).is_integer():
-        return int(v)
-    return _BAD
+            pass
+    f = _to_float(v)  # 3.0, "1e3": whole numbers written as floats
+    return int(f) if f is not _BAD and math.isfinite(f) and f.is_integer() else _BAD
 
 
 def _to_float(v):

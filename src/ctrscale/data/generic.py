@@ -77,14 +77,13 @@ import pyarrow.parquet as pq
 from ..errors import DataError, one_line
 from ..schema import Schema, load_schema
 from .prepare import request_ids, time_split, write_prepared
-from .store import (TIME_RANGE, TIME_UNIT_NAMES, check_inputs_outside, check_output, fingerprint, is_prepared,
-                    outside_time_range)
+from .store import (TIME_RANGE, TIME_UNIT_NAMES, TIME_UNITS, check_inputs_outside, check_output, fingerprint,
+                    is_prepared, outside_time_range)
 
 VERSION = 2  # 2: line accounting, UTF-8 per row, time range and unit
 REPLACEMENT = "\ufffd".encode()  # stands in for each byte that is not UTF-8
 SPLIT_CODES = {"train": 0, "valid": 1, "test": 2}
 RESERVED = ("label", "time", "user", "request")  # keys of write_prepared's rows/log dicts
-TIME_UNITS = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 _FLOAT_RE = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
 _INT_RE = r"^[0-9]{1,19}$"  # read exactly as int64 (float64 would round nanosecond times)
 _MAX_INT = 2.0 ** 62  # times beyond this are not unix seconds (and would overflow int64)

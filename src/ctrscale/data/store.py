@@ -48,6 +48,7 @@ SPLITS = ("train", "valid", "test")
 MARKER = ".ctrscale-prepared"
 TIME_MIN = 315_532_800      # 1980-01-01 00:00 UTC: older "unix seconds" are almost surely another unit or offset
 TIME_MAX = 4_102_444_800    # 2100-01-01 00:00 UTC: milliseconds read as seconds land near the year 55000
+TIME_UNITS = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}  # per second
 TIME_UNIT_NAMES = {"s": "seconds", "ms": "milliseconds", "us": "microseconds", "ns": "nanoseconds"}
 TIME_RANGE = "1980-01-01 .. 2100-01-01 (unix seconds 315532800 .. 4102444799)"
 # Paths (relative, '/'-separated) a preparation writes in its folder; anything else there is the user's.

@@ -33,7 +33,7 @@ from ..typed import ConfigError
 from . import sparse
 from .config import RunConfig, save_config
 from .distributed import World, init_world
-from .runs import RunLock, check_run_folder, config_drift, load_checkpoint, save_checkpoint
+from .runs import RunLock, check_run_folder, config_drift, load_checkpoint, run_drift, save_checkpoint
 from .sharding import clip_gradients, full_optimizer_state, full_state, load_optimizer_state, shard_tables, shards_of
 
 
@@ -250,6 +250,17 @@ def fit(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict:
         if world.distributed:
             finished = world.gather(finished)[0]
         return finished if finished is not None else _fit(cfg, resume, world)
+
+
+def reuse_or_fit(cfg: RunConfig, overwrite: bool = False) -> dict:
+    """For commands that own many run folders (compare, demo): the run in cfg.run_dir when it ran under `cfg`
+    (finished: its results; stopped: continued), a fresh run where there is none; a run under another config is
+    refused, naming the settings, or retrained with `overwrite`."""
+    drift = run_drift(cfg.run_dir, cfg.to_dict())
+    if drift and not overwrite:
+        raise RunError(f"{cfg.run_dir} holds a run under another config than asked for now ({'; '.join(drift)}); "
+                       f"use another --out, or retrain such runs with --overwrite")
+    return fit(cfg, overwrite=True) if drift else fit(cfg, resume=True)
 
 
 def check_labels(data, splits=("valid", "test")) -> None:

@@ -18,11 +18,13 @@ mixes two experiments.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import zipfile
 from pathlib import Path
 
 import torch
+import yaml
 
 from ..data.store import atomic_write_text
 from ..errors import ConfigError, RunError
@@ -104,7 +106,6 @@ def check_run_folder(run_dir: Path, cfg: dict, resume: bool, overwrite: bool) ->
 
 def saved_config(run_dir: Path) -> dict | None:
     """The run config a training saved in the folder, or None when there is none that loads as one."""
-    import yaml
     try:
         raw = yaml.safe_load((run_dir / "config.yaml").read_text())
     except (OSError, yaml.YAMLError):
@@ -120,7 +121,6 @@ def run_drift(run_dir: Path, cfg: dict) -> list[str]:
 
 def finished_results(run_dir: Path, cfg: dict) -> dict:
     """The results.json of a finished run, when it ran under `cfg` (else a RunError naming what differs)."""
-    import json
     path = run_dir / "results.json"
     res = json.loads(path.read_text()) if path.exists() else None
     started = (res or {}).get("config") or saved_config(run_dir)
@@ -159,10 +159,9 @@ def _current_digest(path: Path) -> str | None:
     if known and known[:2] == (st.st_size, st.st_mtime_ns):
         return known[2]  # written by this process and unchanged: no need to read it again
     try:
-        verify_checkpoint(path)
+        return verify_checkpoint(path) or _sha256(path)
     except RunError:
         return None
-    return _sha256(path)
 
 
 def save_checkpoint(obj, path: str | Path) -> None:
@@ -184,17 +183,19 @@ def save_checkpoint(obj, path: str | Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def verify_checkpoint(path: Path) -> None:
-    """Raise RunError naming the file unless it matches its recorded SHA-256 (or, without one, its zip CRCs)."""
+def verify_checkpoint(path: Path) -> str | None:
+    """Raise RunError naming the file unless it matches its recorded SHA-256 (or, without one, its zip CRCs);
+    returns the SHA-256 when it was computed (a checkpoint with a sidecar)."""
     if not path.exists():
         raise RunError(f"{path}: checkpoint not found")
     side = _sidecar(path)
     damaged = (f"{path}: the checkpoint is damaged ({{}}); restore it from a copy, or train the run again "
                f"(--overwrite)")
     if side.exists():
-        if _sha256(path) not in side.read_text().split():
+        digest = _sha256(path)
+        if digest not in side.read_text().split():
             raise RunError(damaged.format(f"its SHA-256 differs from the one recorded in {side.name}"))
-        return
+        return digest
     try:
         with zipfile.ZipFile(path) as z:
             bad = z.testzip()
@@ -202,6 +203,7 @@ def verify_checkpoint(path: Path) -> None:
         raise RunError(damaged.format(f"not a readable torch checkpoint: {e}")) from None
     if bad is not None:
         raise RunError(damaged.format(f"record {bad!r} fails its CRC check"))
+    return None
 
 
 def load_checkpoint(path: str | Path, map_location=None, weights_only: bool = False):
