@@ -54,7 +54,7 @@ def parse_model_entry(entry: str) -> tuple[str, list[str]]:
     if not sep or "=" in label or "{" in label:
         label, rest = entry, ""
     if not label or any(c in label for c in "/ \t"):
-        raise ConfigError(f"compare: model entry {entry!r}: the label must be a plain name")
+        raise ConfigError(f"model entry {entry!r}: the label must be a plain name (the run folder prefix)")
     own = [o.strip() for o in rest.split(";") if o.strip()]
     if not any(o.startswith(("model.name=", "model=")) for o in own):
         own.insert(0, f"model.name={label.split('-')[0]}")
