@@ -24,7 +24,7 @@ from common import median_time, sparse_benchmark_main
 
 from ctrscale.accounting import inference_flops
 from ctrscale.batch import Batch
-from ctrscale.data.dataset import DataSpec
+from ctrscale.batch import DataSpec
 from ctrscale.models.registry import build_model
 
 K_C, CONTENT_DIM, ITEMS = 50, 64, 5000

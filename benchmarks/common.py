@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from ctrscale.batch import Batch
-from ctrscale.data.dataset import DataSpec
+from ctrscale.batch import DataSpec
 from ctrscale.models.registry import build_model
 
 

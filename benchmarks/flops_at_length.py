@@ -17,7 +17,7 @@ from ctrscale.accounting import inference_flops
 from ctrscale.data.loader import Loader, LoaderConfig
 from ctrscale.models.registry import build_model
 from ctrscale.train.config import load_config
-from ctrscale.train.recipe import candidate_sequence, open_dataset
+from ctrscale.train.recipe import open_dataset
 
 
 def gflops_at_max_len(config_path: Path, n: int = 60) -> tuple[int, float]:
@@ -30,7 +30,7 @@ def gflops_at_max_len(config_path: Path, n: int = 60) -> tuple[int, float]:
     if len(rows) == 0:
         raise SystemExit(f"{config_path}: no validation impression of {cfg.data.name} has {length} behaviors")
     loader = Loader(data, "valid", LoaderConfig(batch_size=n, max_len=length, shuffle=False,
-                                                cand_seq=candidate_sequence(model)))
+                                                cand_seq=model.needs.cand_seq))
     return len(rows), inference_flops(model, next(iter(loader.batches([rows])))) / 1e9
 
 

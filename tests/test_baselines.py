@@ -8,12 +8,13 @@ import math
 import pytest
 import torch
 
-from ctrscale.data.gsu import CandidateSequence
+from ctrscale.batch import CandidateSequence
 from ctrscale.data.loader import Loader, LoaderConfig
 from ctrscale.models.autoint import InteractingLayer
 from ctrscale.models.dcnv2 import CrossLayer
 from ctrscale.models.hiformer import HeterogeneousAttention
-from ctrscale.models.layers import MLP, FeatureEmbedding
+from ctrscale.models.layers import MLP
+from ctrscale.models.tables import FeatureEmbedding
 from ctrscale.models.rankmixer import PerTokenFFN, RankMixerBlock, mixing_heads, token_mixing
 from ctrscale.models.registry import build_model
 
@@ -26,7 +27,7 @@ def _build(data, name, seed=0, **cfg):
 
 
 def _batch(data, model, n=32, max_len=20, split="valid", listwise=False):
-    cfg = LoaderConfig(batch_size=n, max_len=max_len, listwise=listwise, cand_seq=model.candidate_sequence)
+    cfg = LoaderConfig(batch_size=n, max_len=max_len, listwise=listwise, cand_seq=model.needs.cand_seq)
     return next(iter(Loader(data, split, cfg, seed=2)))
 
 
@@ -208,7 +209,7 @@ def test_plain_mlp_is_unchanged(tiny):
     """inputs='plain' needs no content and no R_c, and computes MLP([field embeddings, mean history])."""
     torch.manual_seed(6)
     model = build_model(tiny.spec, {"name": "mlp"}).eval()
-    assert model.uses_content is False and model.candidate_sequence is None
+    assert model.needs.content is False and model.needs.cand_seq is None
     assert sorted({k.split(".")[0] for k in model.state_dict()}) == ["emb", "head"]
     b = next(iter(Loader(tiny, "valid", LoaderConfig(batch_size=16, max_len=12))))
     emb: FeatureEmbedding = model.emb
@@ -224,7 +225,7 @@ def test_plain_mlp_is_unchanged(tiny):
 
 def test_pooled_mlp_reads_the_flattened_pooled_tokens(tiny):
     model = _build(tiny, "mlp", inputs="pooled", cand_seq_len=7)
-    assert model.uses_content is True and model.candidate_sequence == CandidateSequence(7, "content", 0)
+    assert model.needs.content is True and model.needs.cand_seq == CandidateSequence(7, "content", 0)
     b = _batch(tiny, model)
     assert b.cand_hist.shape[1] == 7
     with torch.no_grad():
@@ -242,7 +243,7 @@ def test_mlp_rejects_unknown_inputs(tiny):
 @pytest.mark.parametrize("name,cfg", POOLED)
 def test_pooled_baselines_load_content_and_candidate_behaviors(tiny, name, cfg):
     model = _build(tiny, name, cand_seq_len=5, cand_seq_by="category", cand_seq_source_len=40, **cfg)
-    assert model.uses_content and model.candidate_sequence == CandidateSequence(5, "category", 40)
+    assert model.needs.content and model.needs.cand_seq == CandidateSequence(5, "category", 40)
     table = model.inputs.unified.content.content
     assert table.abs().sum() > 0                     # the registry handed over the content table
     b = _batch(tiny, model)

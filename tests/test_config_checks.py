@@ -16,7 +16,6 @@ from ctrscale.data.loader import Loader, LoaderConfig
 from ctrscale.models.registry import build_model, entries
 from ctrscale.scaling.sweep import load_sweep
 from ctrscale.train.config import RunConfig, load_config
-from ctrscale.train.recipe import candidate_sequence
 from ctrscale.typed import ConfigError, check_fields, checked, coerce, from_dict, load_yaml
 
 
@@ -221,7 +220,7 @@ def test_model_sizes_of_zero_or_below_are_config_errors_naming_the_key(name, tin
                 continue
             assert v == 0 and key != "dropout", f"{where}={v!r} was accepted"
             b = next(iter(Loader(tiny, "train", LoaderConfig(batch_size=8, max_len=10, shuffle=True,
-                                                             cand_seq=candidate_sequence(model)))))
+                                                             cand_seq=model.needs.cand_seq))))
             with torch.no_grad():
                 assert torch.isfinite(model(b)).all(), f"{where}={v!r}: an accepted 0 must give a working model"
 

@@ -21,7 +21,7 @@ def _est(data, seed=0, **cfg):
 
 
 def _batch(data, model, n=48, max_len=20, split="valid", listwise=False):
-    cfg = LoaderConfig(batch_size=n, max_len=max_len, listwise=listwise, cand_seq=model.candidate_sequence)
+    cfg = LoaderConfig(batch_size=n, max_len=max_len, listwise=listwise, cand_seq=model.needs.cand_seq)
     return next(iter(Loader(data, split, cfg, seed=2)))
 
 

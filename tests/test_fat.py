@@ -192,7 +192,7 @@ def test_wukong_layer_uses_the_optimised_fm(tiny):
 def test_baselines_read_field_tokens_without_content(tiny, name):
     model = build_model(tiny.spec, {"name": name, "inputs": "fields"})           # no content table given
     b = _batch(tiny)
-    assert not model.uses_content and model.candidate_sequence is None and b.cand_hist is None
+    assert not model.needs.content and model.needs.cand_seq is None and b.cand_hist is None
     assert model.inputs.n_tokens == len(tiny.spec.sparse) + len(tiny.spec.dense) + 1
     assert torch.isfinite(model(b)).all()
 

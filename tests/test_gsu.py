@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from ctrscale.data import gsu
-from ctrscale.data.gsu import CandidateSequence
+from ctrscale.batch import CandidateSequence
 from ctrscale.data.loader import Loader, LoaderConfig
 
 

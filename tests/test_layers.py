@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from ctrscale.models.layers import FeatureEmbedding, TargetAttention, masked_mean, masked_softmax
+from ctrscale.models.layers import TargetAttention, masked_mean, masked_softmax
+from ctrscale.models.tables import FeatureEmbedding
 
 
 def test_masked_mean_and_softmax_against_loops():
@@ -62,11 +63,11 @@ def test_bf16_autocast_path_runs_and_stays_close(tiny):
     """The recipe's bf16 autocast (used on GPUs) gives finite logits near fp32 ones; checked on CPU here."""
     from ctrscale.data.loader import Loader, LoaderConfig
     from ctrscale.models.registry import build_model, entries
-    from ctrscale.train.recipe import autocast_for, candidate_sequence
+    from ctrscale.train.recipe import autocast_for
     for name in entries():
         torch.manual_seed(0)
         model = build_model(tiny.spec, {"name": name}, content=tiny.content()).eval()
-        cfg = LoaderConfig(batch_size=64, max_len=16, cand_seq=candidate_sequence(model))
+        cfg = LoaderConfig(batch_size=64, max_len=16, cand_seq=model.needs.cand_seq)
         b = next(iter(Loader(tiny, "valid", cfg)))
         with torch.no_grad(), autocast_for(torch.device("cpu"), "bf16"):
             low = model(b).float()

@@ -10,7 +10,6 @@ import torch
 from ctrscale.batch import RequestBatch
 from ctrscale.data.loader import Loader, LoaderConfig
 from ctrscale.models.registry import build_model, default_config, entries
-from ctrscale.train.recipe import candidate_sequence
 from ctrscale.typed import ConfigError
 
 MODELS = sorted(entries())
@@ -19,7 +18,7 @@ MODELS = sorted(entries())
 def _batch(data, model, n=64, max_len=20, split="train", listwise=False, seed=1):
     """Batches as the recipe loads them for this model (with candidate-specific behaviors if it reads them)."""
     cfg = LoaderConfig(batch_size=n, max_len=max_len, shuffle=True, listwise=listwise,
-                       cand_seq=candidate_sequence(model))
+                       cand_seq=model.needs.cand_seq)
     return next(iter(Loader(data, split, cfg, seed=seed)))
 
 

@@ -75,7 +75,7 @@ def test_candidate_sequence_modes(tiny, mode, extra):
     model = build_model(tiny.spec, {"name": "onetrans", "dim": 16, "heads": 2, "candidate_sequence": mode},
                         content=tiny.content()).eval()
     assert model.layers[0].o_ns.weight.shape[0] == model.inputs.n_tokens + extra
-    b = next(iter(Loader(tiny, "valid", LoaderConfig(batch_size=32, max_len=20, cand_seq=model.candidate_sequence))))
+    b = next(iter(Loader(tiny, "valid", LoaderConfig(batch_size=32, max_len=20, cand_seq=model.needs.cand_seq))))
     base = model(b)
     # R_c matters in every mode: dropping it changes the scores
     empty = torch.zeros_like(b.cand_hist_time)

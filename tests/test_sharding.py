@@ -19,17 +19,19 @@ WORKER = textwrap.dedent('''
     import torch
     import torch.distributed as dist
     from torch import nn
+    from ctrscale.models.tables import EmbeddingTable
     from ctrscale.train.sharding import RowShardedEmbedding, clip_gradients, full_state, shard_tables
 
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     out = sys.argv[1]
     torch.manual_seed(0)
-    full = nn.Embedding(11, 4, padding_idx=0)                 # the same table on every rank
-    model = nn.ModuleDict({"t": full, "small": nn.Embedding(3, 4)})
+    full = EmbeddingTable(11, 4, padding_idx=0)               # the same table on every rank
+    model = nn.ModuleDict({"t": full, "small": EmbeddingTable(3, 4), "other": nn.Embedding(11, 4)})
     shards = shard_tables(model, rank, world, min_rows=5)
     sharded = model["t"]
-    assert isinstance(sharded, RowShardedEmbedding) and isinstance(model["small"], nn.Embedding)
+    assert isinstance(sharded, RowShardedEmbedding) and isinstance(model["small"], EmbeddingTable)
+    assert type(model["other"]) is nn.Embedding  # not a table (a position embedding, say): never sharded
     # each rank looks up its own ids (different counts, repeats, padding), weighted differently
     gen = torch.Generator().manual_seed(rank)
     ids = torch.randint(0, 11, (3 + 2 * rank, 5), generator=gen)

@@ -6,7 +6,6 @@ import torch
 from conftest import raw_dir
 
 from ctrscale.data.loader import Loader, LoaderConfig
-from ctrscale.models.layers import is_embedding_param
 from ctrscale.models.registry import build_model
 from ctrscale.train import sparse
 from ctrscale.train.config import load_config
@@ -23,15 +22,16 @@ def test_reset_restores_exactly_the_sparse_parameters_and_their_state(tiny):
         opt.zero_grad()
         torch.nn.functional.binary_cross_entropy_with_logits(model(batch), batch.label).backward()
         opt.step()
-    dense_before = {n: p.detach().clone() for n, p in model.named_parameters() if not is_embedding_param(n)}
+    tables = sparse.sparse_parameters(model)
+    dense_before = {n: p.detach().clone() for n, p in model.named_parameters() if n not in tables}
     dense_state = {n: {k: v.clone() for k, v in opt.state[p].items()}
-                   for n, p in model.named_parameters() if not is_embedding_param(n) and p in opt.state}
+                   for n, p in model.named_parameters() if n not in tables and p in opt.state}
     moved = [n for n, p in sparse.sparse_parameters(model).items() if not torch.equal(p, saved[n])]
     assert moved and dense_state
 
     assert sparse.reset(model, opt, saved) == len(saved)
     for n, p in model.named_parameters():
-        if is_embedding_param(n):
+        if n in tables:
             assert torch.equal(p, saved[n]) and p not in opt.state, n
         else:
             assert torch.equal(p, dense_before[n]), n

@@ -13,7 +13,7 @@ from torch.utils.flop_counter import (
 )
 
 from .batch import Batch
-from .models.layers import is_embedding_param
+from .models.tables import embedding_params, tables_of
 
 
 def _register_cpu_attention_flops() -> None:
@@ -38,12 +38,14 @@ _register_cpu_attention_flops()
 def count_params(model: nn.Module) -> dict[str, int]:
     """Trainable parameters split into embedding tables and everything else ("dense"); frozen tables apart."""
     out = {"dense": 0, "embedding": 0, "frozen": 0}
+    tables = embedding_params(model)
     for name, p in model.named_parameters():
-        key = "frozen" if not p.requires_grad else "embedding" if is_embedding_param(name) else "dense"
+        key = "frozen" if not p.requires_grad else "embedding" if name in tables else "dense"
         out[key] += p.numel()
     out["frozen"] += sum(b.numel() for n, b in model.named_buffers() if n.endswith("content"))
-    from .train.sharding import shards_of  # a row-sharded table counts whole, not this rank's rows
-    out["embedding"] += sum(s.num_embeddings * s.embedding_dim - s.weight.numel() for s in shards_of(model))
+    # a row-sharded table holds a share of its rows on this rank; it counts whole
+    out["embedding"] += sum(t.num_embeddings * t.embedding_dim - t.weight.numel() for _, t in tables_of(model)
+                            if t.weight.requires_grad)
     return out
 
 

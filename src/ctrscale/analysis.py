@@ -19,7 +19,7 @@ import torch
 from .data.loader import Loader, LoaderConfig
 from .errors import ConfigError
 from .models.est import BLOCKS
-from .train.recipe import candidate_sequence, evaluate, load_trained
+from .train.recipe import evaluate, load_trained
 
 
 def _ranks(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,7 +107,7 @@ def analyze_attention(run: str | Path, split: str = "test", samples: int = 1000,
     out.mkdir(parents=True, exist_ok=True)
     max_len = cfg.data.max_len or data.spec.max_len
     loader = Loader(data, split, LoaderConfig(batch_size=min(samples, 250), max_len=max_len, shuffle=True,
-                                              cand_seq=candidate_sequence(model)), seed=0)
+                                              cand_seq=model.needs.cand_seq), seed=0)
     batches = (b.to(device) for _, b in zip(range(-(-samples // loader.cfg.batch_size)), loader.epoch(0)))
     ranks = block_ranks(model, batches)
     masking = masking_table(model, data, split, max_len, cfg.data.eval_batch_size, device)

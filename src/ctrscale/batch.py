@@ -1,11 +1,70 @@
-"""Typed batches: what every model consumes."""
+"""What every model consumes: the data's feature spec, typed batches, and what a model declares it needs."""
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What a model needs to know about the data: field names, roles, vocabularies and their sizes."""
+    sparse: tuple[str, ...]
+    dense: tuple[str, ...]
+    hist: tuple[str, ...]
+    roles: dict[str, str]
+    field_vocab: dict[str, str]
+    vocab_sizes: dict[str, int]
+    max_len: int = 50
+    content_dim: int = 0
+    content_key: str | None = None  # the sparse field whose ids index the content table
+    name: str = ""
+    # Train percentiles (0, 1, ..., 100) of each standardised numeric field: models that bucket numerics read
+    # their quantile edges here. Empty when unknown (a model then assumes standard-normal quantiles).
+    dense_percentiles: dict[str, list[float]] = field(default_factory=dict)
+
+    def sparse_of_role(self, *roles: str) -> list[int]:
+        return [i for i, f in enumerate(self.sparse) if self.roles[f] in roles]
+
+    @property
+    def hist_to_sparse(self) -> list[int]:
+        """For each behavior field, the item-role sparse field sharing its vocabulary (-1 when none).
+        This aligns a candidate with the behaviors: target attention and target-aware sequences need it."""
+        out = []
+        for h in self.hist:
+            match = [i for i, f in enumerate(self.sparse)
+                     if self.roles[f] == "item" and self.field_vocab[f] == self.field_vocab[f"hist.{h}"]]
+            out.append(match[0] if match else -1)
+        return out
+
+    def to_dict(self) -> dict:
+        return self.__dict__.copy()
+
+
+@dataclass(frozen=True)
+class CandidateSequence:
+    length: int = 20         # K_c
+    by: str = "content"      # "content" (top cosine to the candidate) or a behavior field name (same value)
+    source_len: int = 0      # search the most recent this-many behaviors; 0 = the whole history
+
+    def __post_init__(self):
+        if self.length < 1:
+            raise ConfigError(f"candidate sequence length must be >= 1, got {self.length}")
+        if self.source_len < 0:
+            raise ConfigError(f"candidate sequence source_len must be >= 0, got {self.source_len}")
+
+
+@dataclass(frozen=True)
+class DataNeeds:
+    """What a model reads beyond the plain impression, derived from its config (`CTRModel.needs`): the registry,
+    the recipe, the loaders, accounting and serving read this one declaration."""
+    listwise: bool = False    # trains on whole requests by default (data.listwise overrides)
+    content: bool = False     # reads the dataset's frozen item content table (a buffer of the built model)
+    cand_seq: CandidateSequence | None = None  # reads each candidate's behaviors R_c, picked by this GSU setting
 
 
 def _to(obj, device, non_blocking=False):

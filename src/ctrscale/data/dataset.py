@@ -2,48 +2,13 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ..batch import DataSpec  # noqa: F401  (re-exported: data code reads it here)
 from .gsu import Searcher
 from .store import SPLITS, Vocab, read_columns
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    """What a model needs to know about the data: field names, roles, vocabularies and their sizes."""
-    sparse: tuple[str, ...]
-    dense: tuple[str, ...]
-    hist: tuple[str, ...]
-    roles: dict[str, str]
-    field_vocab: dict[str, str]
-    vocab_sizes: dict[str, int]
-    max_len: int = 50
-    content_dim: int = 0
-    content_key: str | None = None  # the sparse field whose ids index the content table
-    name: str = ""
-    # Train percentiles (0, 1, ..., 100) of each standardised numeric field: models that bucket numerics read
-    # their quantile edges here. Empty when unknown (a model then assumes standard-normal quantiles).
-    dense_percentiles: dict[str, list[float]] = field(default_factory=dict)
-
-    def sparse_of_role(self, *roles: str) -> list[int]:
-        return [i for i, f in enumerate(self.sparse) if self.roles[f] in roles]
-
-    @property
-    def hist_to_sparse(self) -> list[int]:
-        """For each behavior field, the item-role sparse field sharing its vocabulary (-1 when none).
-        This aligns a candidate with the behaviors: target attention and target-aware sequences need it."""
-        out = []
-        for h in self.hist:
-            match = [i for i, f in enumerate(self.sparse)
-                     if self.roles[f] == "item" and self.field_vocab[f] == self.field_vocab[f"hist.{h}"]]
-            out.append(match[0] if match else -1)
-        return out
-
-    def to_dict(self) -> dict:
-        return self.__dict__.copy()
 
 
 class SplitData:

@@ -14,30 +14,17 @@ and keeps the chosen log positions beside the prepared data; batches then only i
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..batch import CandidateSequence  # noqa: F401  (re-exported)
 from ..errors import ConfigError
 
 CACHE_VERSION = 1
 SEARCH_ROWS = 4096       # rows searched at once when a split is searched whole
 TABLE_MAX_ITEMS = 8192   # an item x item cosine table up to 8192^2 float32 = 256 MiB
 CHUNK_FLOATS = 1 << 24   # the other path gathers at most this many content floats at once
-
-
-@dataclass(frozen=True)
-class CandidateSequence:
-    length: int = 20         # K_c
-    by: str = "content"      # "content" (top cosine to the candidate) or a behavior field name (same value)
-    source_len: int = 0      # search the most recent this-many behaviors; 0 = the whole history
-
-    def __post_init__(self):
-        if self.length < 1:
-            raise ConfigError(f"candidate sequence length must be >= 1, got {self.length}")
-        if self.source_len < 0:
-            raise ConfigError(f"candidate sequence source_len must be >= 0, got {self.source_len}")
 
 
 class Searcher:

@@ -163,7 +163,6 @@ class Loader:
         rank's part of each global batch (an empty part comes as None)."""
         plan = self.plan(epoch)[start_step:]
         if world is not None and world.distributed:
-            from ..train.distributed import shard
             plan = [shard(b, world, self._req[b] if self.cfg.listwise else None) for b in plan]
         return self.batches(plan)
 
@@ -178,3 +177,16 @@ class Loader:
 
     def __iter__(self):
         return self.epoch(0)
+
+
+def shard(rows: np.ndarray, world, requests: np.ndarray | None = None) -> np.ndarray:
+    """This rank's part of a global batch (`world`: a train.distributed.World): consecutive rows cut into
+    world.size near-equal parts, or, with the rows' request keys (rows grouped by request, as listwise batches are), whole requests cut that way."""
+    if not world.distributed:
+        return rows
+    if requests is None:
+        return np.array_split(rows, world.size)[world.rank]
+    starts = np.flatnonzero(np.r_[True, requests[1:] != requests[:-1]])       # first row of each request
+    bounds = np.r_[starts, len(rows)]
+    parts = np.array_split(np.arange(len(starts)), world.size)[world.rank]
+    return rows[bounds[parts[0]]:bounds[parts[-1] + 1]] if len(parts) else rows[:0]

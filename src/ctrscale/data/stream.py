@@ -18,7 +18,7 @@ import numpy as np
 
 from .dataset import PreparedDataset
 from ..errors import ConfigError
-from .loader import LoaderConfig, _Gather
+from .loader import LoaderConfig, _Gather, shard
 
 
 class StreamLoader:
@@ -71,7 +71,6 @@ class StreamLoader:
             if step < start_step:
                 continue
             if world is not None and world.distributed:
-                from ..train.distributed import shard
                 rows = shard(rows, world)
             yield _Gather(self.data, self.split, self.cfg.max_len, [rows], False, self.cfg.trim,
                           self.cfg.cand_seq)[0]

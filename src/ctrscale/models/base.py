@@ -10,10 +10,21 @@ import dataclasses
 
 from torch import Tensor, nn
 
-from ..batch import Batch, RequestBatch
+from ..batch import Batch, DataNeeds, RequestBatch
 
 
 class CTRModel(nn.Module):
+    cfg: object  # the model's config dataclass, as the registry built it
+
+    @classmethod
+    def needs_for(cls, cfg) -> DataNeeds:
+        """What the model reads beyond a plain impression under config `cfg` (known before it is built)."""
+        return DataNeeds()
+
+    @property
+    def needs(self) -> DataNeeds:
+        return self.needs_for(self.cfg)
+
     def forward(self, batch: Batch) -> Tensor:  # (B,) logits
         raise NotImplementedError
 

@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..batch import Batch
-from ..data.dataset import DataSpec
+from ..batch import Batch, DataSpec
 from ..typed import checked
 from .base import CTRModel
-from .layers import MLP, FeatureEmbedding, masked_mean, require_history
+from .layers import MLP, masked_mean, require_history
+from .tables import FeatureEmbedding
 from .registry import register
 
 

@@ -11,7 +11,7 @@ import warnings
 import torch
 from torch import Tensor, nn
 
-from ..data.dataset import DataSpec
+from ..batch import DataSpec
 
 
 class ContentTable(nn.Module):

@@ -11,8 +11,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from ..batch import Batch
-from ..data.dataset import DataSpec
+from ..batch import Batch, DataSpec
 from ..typed import checked
 from .ffm import LinearTerm
 from .fields import TokenInputConfig, TokenInputModel

@@ -6,11 +6,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..batch import Batch
-from ..data.dataset import DataSpec
+from ..batch import Batch, DataSpec
 from ..typed import checked
 from .base import CTRModel
-from .layers import MLP, FeatureEmbedding, TargetAttention
+from .layers import MLP, TargetAttention
+from .tables import FeatureEmbedding
 from .registry import register
 
 

@@ -30,14 +30,13 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from ..batch import Batch
-from ..data.dataset import DataSpec
+from ..batch import Batch, DataSpec
 from ..typed import check, check_heads, checked
 from .attention import RMSNorm, SwiGLU
 from .content import content_topk, csa_apply
 from .layers import MLP, TokenLinear, TokenSwiGLU, masked_softmax
 from .registry import register
-from .tokens import UnifiedInputConfig, UnifiedInputModel, UnifiedInputs, candidate_sequence_of, need_candidate_sequence
+from .tokens import UnifiedInputConfig, UnifiedInputModel, UnifiedInputs, need_candidate_sequence
 
 ATTENTIONS = ("est", "lca", "full")
 BLOCKS = ("N->N", "N->S", "S->N", "S->S")  # query kind -> key kind
@@ -172,7 +171,6 @@ class EST(UnifiedInputModel):
         self.n_tokens, d = self.inputs.n_tokens, cfg.dim
         self.layers = nn.ModuleList(ESTLayer(self.n_tokens, cfg) for _ in range(cfg.layers))
         self.head = MLP(self.n_tokens * d + d, cfg.head_hidden, 1, cfg.dropout)
-        self.candidate_sequence = candidate_sequence_of(cfg)
         # Analysis hooks (Full-Attention only): blocks to mask, and a list that collects attention maps.
         self.masked_blocks: frozenset = frozenset()
         self.attention_log: list | None = None

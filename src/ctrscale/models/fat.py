@@ -29,8 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..batch import Batch
-from ..data.dataset import DataSpec
+from ..batch import Batch, DataSpec
 from ..typed import ConfigError, check, check_heads, checked
 from .base import CTRModel
 from .fields import FieldTokens

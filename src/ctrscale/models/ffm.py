@@ -13,11 +13,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..batch import Batch
-from ..data.dataset import DataSpec
+from ..batch import Batch, DataSpec
 from ..typed import checked
 from .base import CTRModel
-from .layers import FeatureEmbedding, masked_mean
+from .layers import masked_mean
+from .tables import FeatureEmbedding
 from .registry import register
 
 

@@ -17,11 +17,11 @@ from statistics import NormalDist
 import torch
 from torch import Tensor, nn
 
-from ..batch import Batch
-from ..data.dataset import DataSpec
+from ..batch import DataNeeds, Batch, DataSpec
 from ..typed import ConfigError, checked
-from .layers import FeatureEmbedding, TargetAttention, TokenLinear
-from .tokens import PooledInputs, UnifiedInputConfig, UnifiedInputModel, candidate_sequence_of
+from .layers import TargetAttention, TokenLinear
+from .tables import EmbeddingTable, FeatureEmbedding
+from .tokens import PooledInputs, UnifiedInputConfig, UnifiedInputModel
 
 INPUTS = ("pooled", "fields")
 
@@ -56,8 +56,8 @@ class FieldTokens(nn.Module):
         self.emb = FeatureEmbedding(spec, embed_dim)
         self.buckets = numeric_buckets
         self.register_buffer("edges", bucket_edges(spec, numeric_buckets))
-        # bucket embeddings of all numeric fields in one table (named `tables` so accounting counts it as sparse)
-        self.tables = nn.ModuleDict({"numeric": nn.Embedding(len(spec.dense) * numeric_buckets, embed_dim)})
+        # bucket embeddings of all numeric fields in one table
+        self.tables = nn.ModuleDict({"numeric": EmbeddingTable(len(spec.dense) * numeric_buckets, embed_dim)})
         self.register_buffer("numeric_offset", torch.arange(len(spec.dense)) * numeric_buckets, persistent=False)
         self.names = [*spec.sparse, *spec.dense]
         self.fields = TokenLinear(len(self.names), embed_dim, dim, bias=False)
@@ -102,11 +102,13 @@ class TokenInputModel(UnifiedInputModel):
     """A model over a (B, T, d) token matrix `self.inputs(batch)` of either kind; only "pooled" reads content
     vectors and candidate-specific behaviors."""
 
+    @classmethod
+    def needs_for(cls, cfg) -> DataNeeds:
+        return super().needs_for(cfg) if cfg.inputs == "pooled" else DataNeeds()
+
     def build_inputs(self, spec: DataSpec, cfg: TokenInputConfig) -> int:
         """Sets self.inputs; returns the token count T."""
         pooled = cfg.inputs == "pooled"
-        self.uses_content = pooled
-        self.candidate_sequence = candidate_sequence_of(cfg) if pooled else None
         self.inputs = PooledInputs(spec, cfg.embed_dim, cfg.dim, cfg.simtier_bins) if pooled else \
             FieldTokens(spec, cfg.embed_dim, cfg.dim, cfg.numeric_buckets)
         return self.inputs.n_tokens

@@ -18,8 +18,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from ..batch import Batch
-from ..data.dataset import DataSpec
+from ..batch import Batch, DataSpec
 from ..typed import check_heads, checked
 from .attention import RMSNorm
 from .fields import TokenInputConfig, TokenInputModel

@@ -16,12 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..batch import Batch
-from ..data.dataset import DataSpec
+from ..batch import Batch, DataSpec
 from ..typed import checked
 from .attention import TimePositionBias
 from .base import CTRModel
-from .layers import MLP, FeatureEmbedding, require_history
+from .layers import MLP, require_history
+from .tables import FeatureEmbedding
 from .registry import register
 
 

@@ -1,86 +1,15 @@
-"""Layers shared by the models: feature embeddings, MLPs, masked pooling, target attention."""
+"""Layers shared by the models: MLPs, masked pooling, target attention (embedding tables: tables.py)."""
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
-from ..data.dataset import DataSpec
+from ..batch import DataSpec
 
 
 def require_history(spec: DataSpec, model: str) -> None:
     if not spec.hist:
         raise ValueError(f"{model} needs a behavior sequence in the data")
-
-
-class FeatureEmbedding(nn.Module):
-    """One embedding table per vocabulary (a behavior field shares its item field's table), and a per-field
-    affine map for numeric fields, all of width `dim`. Id 0 (padding) embeds to zeros."""
-
-    def __init__(self, spec: DataSpec, dim: int, init_std: float = 0.01):
-        super().__init__()
-        self.spec, self.dim = spec, dim
-        used = {spec.field_vocab[f] for f in spec.sparse} | {spec.field_vocab[f"hist.{h}"] for h in spec.hist}
-        self.tables = nn.ModuleDict({_key(v): nn.Embedding(spec.vocab_sizes[v], dim, padding_idx=0)
-                                     for v in sorted(used)})
-        for t in self.tables.values():
-            nn.init.normal_(t.weight, std=init_std)
-            with torch.no_grad():
-                t.weight[0].zero_()
-        self._sparse_tables = [_key(spec.field_vocab[f]) for f in spec.sparse]
-        self._hist_tables = [_key(spec.field_vocab[f"hist.{h}"]) for h in spec.hist]
-        self.num_weight = nn.Parameter(torch.randn(len(spec.dense), dim) * init_std)
-        self.num_bias = nn.Parameter(torch.zeros(len(spec.dense), dim))
-        align = spec.hist_to_sparse
-        self.register_buffer("_align", torch.tensor([max(a, 0) for a in align], dtype=torch.long), persistent=False)
-        self.register_buffer("_align_ok", torch.tensor([a >= 0 for a in align]), persistent=False)
-
-    def sparse(self, ids: Tensor, fields: list[int] | None = None) -> Tensor:
-        """(..., F_sparse) -> (..., F_sparse, d); with `fields`, only those columns, in that order."""
-        fields = range(len(self._sparse_tables)) if fields is None else fields
-        return torch.stack([self.tables[self._sparse_tables[i]](ids[..., i]) for i in fields], -2)
-
-    def numeric(self, x: Tensor) -> Tensor:  # (B, F_dense) -> (B, F_dense, d)
-        return x.unsqueeze(-1) * self.num_weight + self.num_bias
-
-    def hist(self, ids: Tensor) -> Tensor:  # (B, L, F_hist) -> (B, L, F_hist, d)
-        return torch.stack([self.tables[t](ids[..., j]) for j, t in enumerate(self._hist_tables)], -2)
-
-    def candidate_as_behavior(self, sparse_ids: Tensor) -> Tensor:
-        """The candidate in the behavior field slots: (B, F_sparse) -> (B, F_hist, d). A behavior field with
-        no candidate counterpart (a rating, an action) gets zeros."""
-        ids = sparse_ids[..., self._align] * self._align_ok
-        return self.hist(ids)
-
-    # The split the sequence models use: profile tokens (user fields) kept apart, the candidate's and the
-    # context's fields and the numerics flattened for the head.
-    def profile(self, sparse_ids: Tensor) -> Tensor:  # (..., F_sparse) -> (..., n_user, d)
-        return self.sparse(sparse_ids, self.spec.sparse_of_role("user"))
-
-    def other_flat(self, sparse_ids: Tensor, dense: Tensor) -> Tensor:  # -> (..., (n_item + n_ctx + F_dense) * d)
-        return torch.cat([self.sparse(sparse_ids, self.spec.sparse_of_role("item", "context")).flatten(-2),
-                          self.numeric(dense).flatten(-2)], -1)
-
-    @property
-    def side_width(self) -> int:
-        """Width of [flattened profile, other_flat]: what a sequence model's head gets beside the sequence."""
-        return self.out_flat
-
-    @property
-    def out_flat(self) -> int:
-        """Width of [flattened sparse, flattened numeric] embeddings."""
-        return (len(self.spec.sparse) + len(self.spec.dense)) * self.dim
-
-    def flat(self, sparse_ids: Tensor, dense: Tensor) -> Tensor:
-        return torch.cat([self.sparse(sparse_ids).flatten(-2), self.numeric(dense).flatten(-2)], -1)
-
-
-def _key(vocab: str) -> str:
-    return vocab.replace(".", "__")  # ModuleDict keys cannot contain dots
-
-
-def is_embedding_param(name: str) -> bool:
-    """Parameters that belong to embedding tables (the "sparse" parameters of the seeds)."""
-    return ".tables." in f".{name}" or name.startswith("tables.")
 
 
 class Dice(nn.Module):

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..batch import Batch
-from ..data.dataset import DataSpec
+from ..batch import Batch, DataSpec
 from ..typed import ConfigError, checked
 from .fields import INPUTS, TokenInputConfig, TokenInputModel
-from .layers import MLP, FeatureEmbedding, masked_mean
+from .layers import MLP, masked_mean
+from .tables import FeatureEmbedding
 from .registry import register
 
 
@@ -40,7 +40,6 @@ class EmbeddingMLP(TokenInputModel):
         self.cfg = cfg
         self.plain = cfg.inputs == "plain"
         if self.plain:
-            self.uses_content, self.candidate_sequence = False, None
             self.emb = FeatureEmbedding(spec, cfg.embed_dim)
             d_in = self.emb.out_flat + len(spec.hist) * cfg.embed_dim
         else:

@@ -19,13 +19,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..batch import Batch
-from ..data.dataset import DataSpec
+from ..batch import Batch, DataSpec
 from ..typed import check, check_heads, checked
 from .attention import RMSNorm, SwiGLU
 from .layers import MLP, TargetAttention, TokenLinear, TokenSwiGLU, masked_mean, masked_softmax
 from .registry import register
-from .tokens import UnifiedInputConfig, UnifiedInputModel, UnifiedInputs, candidate_sequence_of
+from .tokens import UnifiedInputConfig, UnifiedInputModel, UnifiedInputs
 
 MODES = ("pool", "din", "full")
 
@@ -82,7 +81,6 @@ class OneTrans(UnifiedInputModel):
         n_ns = self.inputs.n_tokens + (0 if cfg.candidate_sequence == "full" else 1)
         self.layers = nn.ModuleList(MixedLayer(n_ns, cfg) for _ in range(cfg.layers))
         self.head = MLP(n_ns * cfg.dim + cfg.dim, cfg.head_hidden, 1, cfg.dropout)
-        self.candidate_sequence = candidate_sequence_of(cfg)
 
     def forward(self, batch: Batch) -> Tensor:
         ns, s_u, s_c = self.inputs.of_batch(batch)

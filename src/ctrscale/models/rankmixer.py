@@ -20,8 +20,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from ..batch import Batch
-from ..data.dataset import DataSpec
+from ..batch import Batch, DataSpec
 from ..typed import ConfigError, checked
 from .fields import TokenInputConfig, TokenInputModel
 from .layers import MLP, TokenLinear

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..data.dataset import DataSpec
+from ..batch import DataSpec
 from ..typed import ConfigError, from_dict
 
 _REGISTRY: dict[str, "Entry"] = {}
@@ -45,7 +45,7 @@ def get(name: str) -> Entry:
 def build_model(spec: DataSpec, model: dict, content: np.ndarray | None = None):
     """Build from {'name': ..., **config}; a misspelled config key is an error naming the model.
     content: the dataset's frozen item content table (rows = item ids), for the models that read it
-    (`uses_content`); it becomes a buffer of the model, so a checkpoint serves without the dataset."""
+    (`needs.content`); it becomes a buffer of the model, so a checkpoint serves without the dataset."""
     model = dict(model)
     name = model.pop("name", None)
     if name is None:
@@ -56,7 +56,7 @@ def build_model(spec: DataSpec, model: dict, content: np.ndarray | None = None):
         built = entry.model(spec, cfg)
     except ValueError as e:  # a setting that does not fit this dataset (heads not dividing its token width, ...)
         raise ConfigError(f"model {name} on dataset {spec.name!r}: {e}") from e
-    if getattr(built, "uses_content", False):
+    if built.needs.content:
         if content is None:
             raise ConfigError(f"model {name} reads item content vectors: the dataset {spec.name!r} has no content "
                              f"table (declare `content:` in its schema)")

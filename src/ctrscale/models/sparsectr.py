@@ -29,8 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..batch import Batch
-from ..data.dataset import DataSpec
+from ..batch import DataNeeds, Batch, DataSpec
 from ..typed import ConfigError, check, check_heads, checked
 from .attention import RMSNorm, SwiGLU
 from .base import CTRModel
@@ -46,7 +45,8 @@ from .evo_attention import (
     make_chunks,
     shared_key_attention,
 )
-from .layers import MLP, FeatureEmbedding, require_history
+from .layers import MLP, require_history
+from .tables import FeatureEmbedding
 from .registry import register
 
 # (|P| chunks, m transition behaviors per chunk, w local behaviors) of the paper's Figure 3
@@ -253,7 +253,9 @@ class SparseBlock(nn.Module):
 
 
 class SparseCTR(CTRModel):
-    listwise = True  # the recipe trains it on whole requests unless data.listwise says otherwise
+    @classmethod
+    def needs_for(cls, cfg) -> DataNeeds:
+        return DataNeeds(listwise=True)  # trained on whole requests unless data.listwise says otherwise
 
     def __init__(self, spec: DataSpec, cfg: SparseCTRConfig):
         super().__init__()

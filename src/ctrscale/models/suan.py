@@ -28,8 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..batch import Batch
-from ..data.dataset import DataSpec
+from ..batch import Batch, DataSpec
 from ..typed import checked
 from .attention import (
     ReluFFN,
@@ -41,7 +40,8 @@ from .attention import (
     make_norm,
 )
 from .base import CTRModel
-from .layers import MLP, Dice, FeatureEmbedding, masked_mean, require_history
+from .layers import MLP, Dice, masked_mean, require_history
+from .tables import FeatureEmbedding
 from .registry import register
 
 # (embed_dim d, layers, heads) of the paper's Table 4

@@ -12,13 +12,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..batch import Batch
-from ..data.dataset import DataSpec
-from ..data.gsu import CandidateSequence
+from ..batch import DataNeeds, Batch, CandidateSequence, DataSpec
 from ..typed import checked
 from .base import CTRModel
 from .content import ContentTable, simtier
-from .layers import FeatureEmbedding, TargetAttention, TokenLinear, require_history
+from .layers import TargetAttention, TokenLinear, require_history
+from .tables import FeatureEmbedding
 
 
 @dataclass
@@ -34,8 +33,11 @@ class UnifiedInputConfig:
 
 class UnifiedInputModel(CTRModel):
     """A model reading unified inputs (`self.inputs`): the registry hands it the content table, the loaders give
-    it R_c (`self.candidate_sequence`)."""
-    uses_content = True
+    it R_c (both declared in `needs_for`)."""
+
+    @classmethod
+    def needs_for(cls, cfg) -> DataNeeds:
+        return DataNeeds(content=True, cand_seq=candidate_sequence_of(cfg))
 
     def set_content(self, table: Tensor) -> None:
         self.inputs.set_content(table)
@@ -118,4 +120,4 @@ def candidate_sequence_of(cfg) -> CandidateSequence:
 def need_candidate_sequence(cand_hist) -> None:
     if cand_hist is None:
         raise ValueError("this model reads candidate-specific behaviors R_c: load batches with "
-                         "LoaderConfig(cand_seq=model.candidate_sequence)")
+                         "LoaderConfig(cand_seq=model.needs.cand_seq)")

@@ -98,6 +98,10 @@ class RunConfig:
     distill: DistillSection | None = None
 
     @property
+    def model_name(self) -> str:
+        return self.model["name"]
+
+    @property
     def run_dir(self) -> Path:
         return Path(self.out_dir) / self.name
 

@@ -17,9 +17,10 @@ import gc
 import os
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.distributed as dist
+
+from ..data.loader import shard  # noqa: F401  (re-exported: where the loaders cut a global batch)
 
 
 @dataclass(frozen=True)
@@ -80,16 +81,3 @@ def close_world() -> bool:
     dist.barrier()  # no rank tears its connections down while another still uses them
     dist.destroy_process_group()
     return True
-
-
-def shard(rows: np.ndarray, world: World, requests: np.ndarray | None = None) -> np.ndarray:
-    """This rank's part of a global batch: consecutive rows cut into world.size near-equal parts, or, with the
-    rows' request keys (rows grouped by request, as listwise batches are), whole requests cut that way."""
-    if not world.distributed:
-        return rows
-    if requests is None:
-        return np.array_split(rows, world.size)[world.rank]
-    starts = np.flatnonzero(np.r_[True, requests[1:] != requests[:-1]])       # first row of each request
-    bounds = np.r_[starts, len(rows)]
-    parts = np.array_split(np.arange(len(starts)), world.size)[world.rank]
-    return rows[bounds[parts[0]]:bounds[parts[-1] + 1]] if len(parts) else rows[:0]

@@ -27,7 +27,8 @@ from ..accounting import count_params, inference_flops, training_flops_per_impre
 from ..data.catalog import open_dataset
 from ..data.loader import Loader, LoaderConfig
 from ..errors import RunError
-from ..models.layers import is_embedding_param
+from ..models.tables import embedding_params
+from ..models.base import CTRModel
 from ..models.registry import build_model
 from ..typed import ConfigError
 from . import sparse
@@ -68,8 +69,9 @@ def autocast_for(device: torch.device, precision: str):
 
 def make_optimizer(model: nn.Module, o) -> torch.optim.Optimizer:
     """Embedding tables and dense parameters in separate groups with their own lr and weight decay."""
-    emb = [p for n, p in model.named_parameters() if p.requires_grad and is_embedding_param(n)]
-    dense = [p for n, p in model.named_parameters() if p.requires_grad and not is_embedding_param(n)]
+    tables = {id(p) for p in embedding_params(model).values()}
+    emb = [p for p in model.parameters() if p.requires_grad and id(p) in tables]
+    dense = [p for p in model.parameters() if p.requires_grad and id(p) not in tables]
     groups = [{"params": dense, "lr": o.lr, "weight_decay": o.weight_decay, "name": "dense"},
               {"params": emb, "lr": o.emb_lr, "weight_decay": o.emb_weight_decay, "name": "embedding"}]
     cls = torch.optim.AdamW if o.optimizer == "adamw" else torch.optim.Adam
@@ -102,7 +104,7 @@ def predict(model: nn.Module, data, split: str, max_len: int, batch_size: int, d
     listwise = trains_listwise(model)  # a request's history encoded once for all its candidates
     loader = Loader(data, split, LoaderConfig(batch_size=batch_size, max_len=max_len, shuffle=False,
                                               num_workers=num_workers, length_window=16, listwise=listwise,
-                                              max_tokens=batch_size * 64, cand_seq=candidate_sequence(model)))
+                                              max_tokens=batch_size * 64, cand_seq=model.needs.cand_seq))
     everything = loader.plan(0)
     plan = everything[world.rank::world.size]
     # sharded tables look rows up with collectives: every rank scores as many batches (extras discarded)
@@ -156,14 +158,9 @@ def load_trained(run: str | Path, checkpoint: str = "best"):
     return cfg, data, model.eval().for_serving(), device
 
 
-def candidate_sequence(model: nn.Module):
-    """The GSU setting (gsu.CandidateSequence) of a model that reads candidate-specific behaviors, else None."""
-    return getattr(model, "candidate_sequence", None)
-
-
-def trains_listwise(model: nn.Module, setting: bool | None = None) -> bool:
+def trains_listwise(model: CTRModel, setting: bool | None = None) -> bool:
     """data.listwise when set, else the model's own preference (listwise models score whole requests)."""
-    return bool(getattr(model, "listwise", False)) if setting is None else setting
+    return model.needs.listwise if setting is None else setting
 
 
 def evaluate(model, data, split, max_len, batch_size, device, precision="auto", world: World | None = None) -> dict:
@@ -309,7 +306,7 @@ def _fit(cfg: RunConfig, resume: bool, world: World) -> dict:
     opt = make_optimizer(trainable, cfg.optim)
     train_cfg = LoaderConfig(cfg.data.batch_size, step_loss.load_len, cfg.data.num_workers, shuffle=True,
                              length_window=cfg.data.length_window, listwise=step_loss.listwise,
-                             cand_seq=candidate_sequence(model), fraction=cfg.data.train_fraction,
+                             cand_seq=model.needs.cand_seq, fraction=cfg.data.train_fraction,
                              subsample_seed=cfg.data.subsample_seed)
     if cfg.data.streaming:
         from ..data.stream import StreamLoader
@@ -601,9 +598,9 @@ def finish(cfg, model, data, max_len, device, st, train_loader, world: World | N
         np.savez_compressed(cfg.run_dir / "test_predictions.npz", **pred)  # for paired tests between models
     valid = st["epochs"][st["best_epoch"] - 1]
     sample = next(iter(Loader(data, "valid", LoaderConfig(batch_size=60, max_len=max_len, shuffle=False,
-                                                          cand_seq=candidate_sequence(model)))))
+                                                          cand_seq=model.needs.cand_seq))))
     sample = sample.to(device)
-    return {"name": cfg.name, "model": cfg.model["name"], "dataset": data.spec.name, "max_len": max_len,
+    return {"name": cfg.name, "model": cfg.model_name, "dataset": data.spec.name, "max_len": max_len,
             "seed": cfg.train.seed, "best_epoch": st["best_epoch"], "epochs_run": len(st["epochs"]),
             "valid": {k[6:]: v for k, v in valid.items() if k.startswith("valid_")},
             "test": test, "epochs": st["epochs"], "params": count_params(model),
@@ -612,8 +609,7 @@ def finish(cfg, model, data, max_len, device, st, train_loader, world: World | N
             "train_impressions": int(train_loader.n),  # the training set used (after data.train_fraction)
             "train_impressions_per_s": st["impressions"] / st["train_seconds"] if st["train_seconds"] else None,
             "train_seconds": st["train_seconds"], "peak_rss_mib": world.gather(peak_rss_mib()),  # per rank
-            "embedding_params_held": world.gather(sum(p.numel() for n, p in model.named_parameters()
-                                                      if is_embedding_param(n))),  # per rank: less when sharded
+            "embedding_params_held": world.gather(sum(p.numel() for p in embedding_params(model).values())),  # per rank: less when sharded
             "config": cfg.to_dict(),
             "distilled_from": cfg.distill.teacher if cfg.distill else None}
 

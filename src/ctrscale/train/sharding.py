@@ -20,6 +20,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from ..models.tables import EmbeddingTable, Table
+
 
 class _Exchange(torch.autograd.Function):
     """All-to-all of rows (`out_sizes[r]` rows come from rank r, `in_sizes[r]` go to it) whose backward sends
@@ -40,7 +42,7 @@ class _Exchange(torch.autograd.Function):
         return back, None, None
 
 
-class RowShardedEmbedding(nn.Module):
+class RowShardedEmbedding(nn.Module, Table):
     """nn.Embedding(num_embeddings, dim, padding_idx=0) whose rows are spread over the ranks: `weight` holds rows
     rank, rank + world, ... of the whole table. Same inputs, same outputs."""
 
@@ -93,11 +95,11 @@ class RowShardedEmbedding(nn.Module):
 
 
 def shard_tables(module: nn.Module, rank: int, world: int, min_rows: int) -> list[RowShardedEmbedding]:
-    """Replace every nn.Embedding with at least `min_rows` rows by its row-sharded equivalent (same values)."""
+    """Replace every embedding table with at least `min_rows` rows by its row-sharded equivalent (same values)."""
     out = []
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
-            if isinstance(child, nn.Embedding) and child.num_embeddings >= min_rows:
+            if isinstance(child, EmbeddingTable) and child.num_embeddings >= min_rows:
                 if child.padding_idx not in (None, 0):
                     raise ValueError(f"row sharding supports padding id 0 only ({name}: {child.padding_idx})")
                 sharded = RowShardedEmbedding(child.weight, rank, world)

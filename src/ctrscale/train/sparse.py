@@ -1,6 +1,6 @@
 """Multi-epoch "asynchronous" training (EST paper, section 5.5) and warm starts of the sparse parameters.
 
-Sparse parameters are the embedding tables (`is_embedding_param`); everything else is dense. With
+Sparse parameters are the embedding tables (`models.tables.embedding_params`); everything else is dense. With
 `train.sparse_reset`, the tables are snapshotted before the first epoch (after an optional warm start from an
 earlier model, `train.sparse_init`) and, at the start of every later epoch, put back to that snapshot with their
 optimizer state cleared, while the dense parameters and their optimizer state carry on. The embeddings, which
@@ -14,12 +14,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..models.layers import is_embedding_param
+from ..models.tables import embedding_params
 from ..errors import ConfigError
 
 
 def sparse_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
-    return {n: p for n, p in model.named_parameters() if is_embedding_param(n)}
+    return embedding_params(model)
 
 
 def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
