@@ -18,7 +18,7 @@ from ctrscale.data.dataset import PreparedDataset
 from ctrscale.data.loader import Loader, LoaderConfig
 from ctrscale.models.registry import build_model
 from ctrscale.train.config import OptimSection
-from ctrscale.train.recipe import make_optimizer
+from ctrscale.train.optim import make_optimizer
 
 MODES = {"padded": {"trim": False}, "trimmed": {}, "trimmed+window16": {"length_window": 16}}
 

@@ -10,7 +10,6 @@ with their gradients and Adam moments (4 copies of its rows).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -18,6 +17,8 @@ import tempfile
 from pathlib import Path
 
 from common import write
+
+from ctrscale.train.result import RunResult
 
 OPTIONS = "{impressions: 100000, n_users: 200000, n_items: 100000}"
 
@@ -29,12 +30,12 @@ def run(name: str, out: Path, nproc: int, extra: list[str], dim: int) -> dict:
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] \
         if nproc > 1 else [sys.executable]
     subprocess.run([*launcher, "-m", "ctrscale.cli", *args], check=True, capture_output=True, text=True)
-    r = json.loads((out / name / "results.json").read_text())
-    return {"processes": nproc, "tables": "row" if "row_sharded" in r else "replicated",
-            "test_auc": r["test"]["auc"], "test_gauc": r["test"]["gauc"],
-            "impressions_per_s": r["train_impressions_per_s"], "peak_rss_mib_per_rank": r["peak_rss_mib"],
-            "embedding_params": r["params"]["embedding"],
-            "embedding_state_mib_per_rank": 4 * 4 * max(r["embedding_params_held"]) / 2 ** 20}
+    r = RunResult.read(out / name / "results.json")
+    return {"processes": nproc, "tables": "row" if r.row_sharded else "replicated",
+            "test_auc": r.test["auc"], "test_gauc": r.test["gauc"],
+            "impressions_per_s": r.train_impressions_per_s, "peak_rss_mib_per_rank": r.peak_rss_mib,
+            "embedding_params": r.params["embedding"],
+            "embedding_state_mib_per_rank": 4 * 4 * max(r.embedding_params_held) / 2 ** 20}
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ from ctrscale.accounting import training_flops_per_impression
 from ctrscale.data.loader import Loader, LoaderConfig
 from ctrscale.models.registry import build_model, entries
 from ctrscale.train.config import OptimSection
-from ctrscale.train.recipe import make_optimizer
+from ctrscale.train.optim import make_optimizer
 
 
 def train_throughput(data, name: str, batch_size: int, steps: int, max_len: int) -> dict:

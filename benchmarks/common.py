@@ -225,7 +225,7 @@ def sparse_benchmark_main(argv, script: str, benchmark: str, make_pair, key: str
 
     import plot_ratios
 
-    from ctrscale.train.recipe import keep_freed_memory
+    from ctrscale.train.device import keep_freed_memory
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=default_out)
     ap.add_argument("--quick", action="store_true", help="fewer lengths and repeats")

@@ -94,13 +94,13 @@ def outputs(model, data) -> dict:
 
 def short_run(model: dict, data_dir: Path, out: Path) -> dict:
     from ctrscale.train.config import load_config
-    from ctrscale.train.recipe import fit
+    from ctrscale.train.loop import fit
     name = key(model).replace("=", "-").replace(",", "_")
     cfg = load_config(base={"name": name, "out_dir": str(out), "model": model,
                             "data": {"name": None, "path": str(data_dir), "batch_size": 256, "max_len": 30},
                             "train": {"epochs": 1, "seed": 0, "threads": 1, "progress": False, "device": "cpu"}})
     res = fit(cfg, overwrite=True)
-    return {"valid": res["valid"], "test": res["test"]}
+    return {"valid": res.valid, "test": res.test}
 
 
 def record(out: Path, runs: bool) -> None:

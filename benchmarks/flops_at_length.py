@@ -14,10 +14,10 @@ import numpy as np
 import torch
 
 from ctrscale.accounting import inference_flops
+from ctrscale.data.catalog import open_dataset
 from ctrscale.data.loader import Loader, LoaderConfig
 from ctrscale.models.registry import build_model
 from ctrscale.train.config import load_config
-from ctrscale.train.recipe import open_dataset
 
 
 def gflops_at_max_len(config_path: Path, n: int = 60) -> tuple[int, float]:

@@ -82,7 +82,7 @@ def test_config_files_and_overrides_read_1e_minus_3_as_a_float(tmp_path):
     cfg.write_text("optim: {lr: 1e-3, emb_lr: 5E-2}\nmodel: {name: din, dropout: 1e-1}\n")
     c = load_config(cfg, ["optim.weight_decay=1e-5"])
     assert (c.optim.lr, c.optim.emb_lr, c.optim.weight_decay) == (1e-3, 5e-2, 1e-5)
-    assert isinstance(c.optim.lr, float) and c.model["dropout"] == 0.1   # the free-form model section too
+    assert isinstance(c.optim.lr, float) and c.model.config.dropout == 0.1   # the model section too
     sweep = tmp_path / "s.yaml"
     sweep.write_text("base: {optim: {lr: 3e-4}}\naxes: {optim.emb_lr: [1e-3, 1e-2]}\nparallel: '2'\n")
     spec = load_sweep(sweep)

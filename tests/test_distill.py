@@ -9,7 +9,8 @@ from ctrscale.cli import main
 from ctrscale.data.loader import Loader, LoaderConfig
 from ctrscale.models.registry import build_model
 from ctrscale.train.config import load_config
-from ctrscale.train.recipe import distill_loss, evaluate
+from ctrscale.train.inference import evaluate
+from ctrscale.train.objective import distill_loss
 
 
 def test_distill_loss_is_the_papers_sum_and_teacher_soft_label_is_detached():

@@ -12,8 +12,9 @@ import torch
 from ctrscale.cli import main
 from ctrscale.data import catalog
 from ctrscale.data.loader import Loader, LoaderConfig
-from ctrscale.train.distributed import World, shard
-from ctrscale.train.recipe import load_trained, predict
+from ctrscale.data.loader import shard
+from ctrscale.train.distributed import World
+from ctrscale.train.inference import load_trained, predict
 
 OPTIONS = "{impressions: 20000, n_users: 1500, n_items: 400}"
 COMMON = ["data.name=synthetic", f"data.options={OPTIONS}", "data.max_len=20", "data.batch_size=512",

@@ -1,8 +1,6 @@
-"""EST's own mechanisms: CSA against its dense reference, the content pattern computed once for all layers, LCA
-against a per-candidate dense reference, SimTier against numpy, the Full-Attention variant's block masks."""
+"""EST's own mechanisms: CSA against its dense reference, the content pattern computed once for all layers,
+SimTier against numpy, the Full-Attention variant's block masks (LCA: test_attention.py)."""
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import pytest
@@ -11,7 +9,6 @@ import torch
 from ctrscale.data.loader import Loader, LoaderConfig
 from ctrscale.models import content as content_mod
 from ctrscale.models.content import content_topk, csa_apply, csa_reference, simtier
-from ctrscale.models.est import lca
 from ctrscale.models.registry import build_model
 
 
@@ -73,26 +70,6 @@ def test_simtier_equals_numpy_histogram():
         cos = (beh[b] @ cand[b])[mask[b]].numpy()
         want = np.histogram(np.clip(cos, -1, 1 - 1e-7), bins=10, range=(-1, 1))[0] / max(1, mask[b].sum().item())
         np.testing.assert_allclose(got[b].numpy(), want, atol=1e-6)
-
-
-def test_lca_equals_per_candidate_dense_attention():
-    """Shared R_u keys + per-candidate R_c keys under one softmax = dense masked attention, candidate by candidate."""
-    torch.manual_seed(3)
-    r, c, n, h, e, lu, k = 2, 3, 4, 2, 5, 6, 3
-    q = torch.randn(r, c, n, h, e)
-    k_u, v_u, k_c, v_c = torch.randn(r, lu, h, e), torch.randn(r, lu, h, e), torch.randn(r, c, k, h, e), \
-        torch.randn(r, c, k, h, e)
-    mask_u, mask_c = torch.rand(r, lu) > 0.3, torch.rand(r, c, k) > 0.3
-    mask_u[1], mask_c[1, 2] = False, False                 # one candidate with no behaviors at all
-    out = lca(q, k_u, v_u, mask_u, k_c, v_c, mask_c)
-    for i in range(r):
-        for j in range(c):
-            keys, vals = torch.cat([k_u[i], k_c[i, j]]), torch.cat([v_u[i], v_c[i, j]])   # (L, h, e)
-            valid = torch.cat([mask_u[i], mask_c[i, j]])
-            for head in range(h):
-                s = q[i, j, :, head] @ keys[:, head].T / math.sqrt(e)
-                p = torch.softmax(s.masked_fill(~valid, -math.inf), -1).nan_to_num(0.0)
-                torch.testing.assert_close(out[i, j, :, head], p @ vals[:, head])
 
 
 @pytest.mark.parametrize("layers", [1, 3])

@@ -10,7 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from ctrscale.data.dataset import PreparedDataset
-from ctrscale.data.generic import BadRowError, MissingColumnError, prepare_from_schema_file, prepare_table
+from ctrscale.data.generic import BadRowError, prepare_from_schema_file, prepare_table
+from ctrscale.data.table_reader import MissingColumnError
+from ctrscale.errors import DataError
 from ctrscale.schema import load_schema
 
 N = 20
@@ -355,3 +357,52 @@ def test_report_is_json_and_no_rows_is_an_error(tmp_path, clean):
         r["clicked"] = "9"
     with pytest.raises(ValueError, match="no rows left"):
         prepare_table(schema, [write_csv(tmp_path / "all_bad.csv", rows)], tmp_path / "o2", on_bad_row="skip")
+
+
+@pytest.fixture
+def tiny_blocks(monkeypatch):
+    """Read 64 bytes (whole lines) of a CSV and 4 Parquet rows at a time, hand the writer 3 rows at a time."""
+    from ctrscale.data import generic, table_reader
+    monkeypatch.setattr(table_reader, "BLOCK_BYTES", 64)
+    monkeypatch.setattr(table_reader, "PARQUET_BATCH", 4)
+    monkeypatch.setattr(generic, "CHUNK_ROWS", 3)
+
+
+def test_blocks_and_chunks_do_not_change_the_result(tmp_path, clean, request):
+    schema, csv = clean
+    rows = make_rows()
+    for event, column, value in [(1, "clicked", "2"), (9, "hist_items", "i1"), (13, "ts", "")]:
+        rows[file_row(event) - 1][column] = value
+    bad = write_csv(tmp_path / "bad.csv", rows)
+    pq.write_table(pa.table({c: [r[c] for r in make_rows()] for c in HEADER}), tmp_path / "d.parquet")
+    cases = {"csv": [csv], "bad": [bad], "pq": [tmp_path / "d.parquet"], "two": [bad, tmp_path / "d.parquet"]}
+    whole = {k: prepare_table(schema, v, tmp_path / f"{k}-whole", on_bad_row="skip") for k, v in cases.items()}
+    request.getfixturevalue("tiny_blocks")
+    for k, v in cases.items():
+        rep = prepare_table(schema, v, tmp_path / f"{k}-blocks", on_bad_row="skip")
+        _same(tmp_path / f"{k}-whole", tmp_path / f"{k}-blocks")
+        for key in ("bad_rows_skipped", "rows_read", "lines_read", "rows_written", "history_checks"):
+            assert rep[key] == whole[k][key], (k, key)
+
+
+def test_rows_in_later_blocks_are_named_by_their_file_row(tmp_path, tiny_blocks):
+    schema = load_schema(write_schema(tmp_path))
+    rows = make_rows()
+    rows[file_row(2) - 1]["clicked"] = "7"  # near the end of the file: several blocks in
+    with pytest.raises(BadRowError, match=rf"bad.csv: row {file_row(2)} \(line {file_row(2) + 1}\): field 'clicked'"):
+        prepare_table(schema, [write_csv(tmp_path / "bad.csv", rows)], tmp_path / "out")
+    csv = write_csv(tmp_path / "bad.csv", make_rows())
+    lines = csv.read_text().splitlines()
+    lines[15] = "u1,i1,c1"
+    csv.write_text("\n".join(lines) + "\n")
+    with pytest.raises(BadRowError, match=r"bad.csv: row 15 \(line 16\): malformed row: expected 10 columns, got 3"):
+        prepare_table(schema, [csv], tmp_path / "out")
+    lines = csv.read_bytes().splitlines()
+    lines[15] = lines[16].replace(b"u", b"\xff", 1)
+    csv.write_bytes(b"\n".join(lines) + b"\n")
+    with pytest.raises(BadRowError, match=r"bad.csv: row 15 \(line 16\): not valid UTF-8 \(byte 0xff at byte 1 "):
+        prepare_table(schema, [csv], tmp_path / "out")
+    lines[15] = lines[16].replace(b",i", b',"i', 1)
+    csv.write_bytes(b"\n".join(lines) + b"\n")
+    with pytest.raises(DataError, match=r"bad.csv: row 15 \(line 16\): a quoted value opens at character 4"):
+        prepare_table(schema, [csv], tmp_path / "out", on_bad_row="skip")

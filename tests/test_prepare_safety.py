@@ -23,7 +23,7 @@ import pytest
 
 from ctrscale.data import store
 from ctrscale.data.dataset import PreparedDataset
-from ctrscale.data.generic import BadRowError, _invalid_utf8, prepare_table
+from ctrscale.data.generic import BadRowError, prepare_table
 from ctrscale.errors import DataError
 from ctrscale.schema import SchemaError, load_schema, schema_from_dict
 
@@ -300,32 +300,6 @@ def test_rows_that_are_not_utf8_are_named_and_skipped(tmp_path, schema):
     csv.write_bytes(b"us\xe9r," + b"\n".join(data).split(b",", 1)[1])
     with pytest.raises(DataError, match=r"u.csv: line 1 \(the header\) is not valid UTF-8"):
         prepare_table(schema, [csv], tmp_path / "out", on_bad_row="skip")
-
-
-def test_invalid_utf8_positions_match_python():
-    rng = np.random.default_rng(0)
-    samples = ["a\u00e9\u20ac\U0001f600z".encode(), b"\xc0\xaf", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\xe0\x80\xaf",
-               b"\xf0\x9f\x98", b"\x80abc", b"\xe2\x82\xac\x80"]
-    samples += [rng.integers(0, 256, int(rng.integers(1, 40)), dtype=np.uint8).tobytes() for _ in range(300)]
-    samples += [bytes(rng.choice(list("ab\u00e9\u20ac\U0001f600".encode()), 30)) for _ in range(300)]
-    for s in samples:
-        bad = _invalid_utf8(np.frombuffer(s, np.uint8))
-        expect = []
-        i = 0
-        while i < len(s):  # Python's decoder, one error at a time
-            try:
-                s[i:].decode("utf-8")
-                break
-            except UnicodeDecodeError as e:
-                expect += range(i + e.start, i + e.end)
-                i += e.end
-        assert bool(len(bad)) == bool(expect), s
-        if expect:  # the bytes Python's decoder rejects, exactly
-            assert bad.tolist() == expect, s
-            fixed = bytearray(s)
-            for p in bad:
-                fixed[p] = ord("?")
-            bytes(fixed).decode("utf-8")  # replacing the flagged bytes leaves valid UTF-8
 
 
 def test_long_lines_and_unreadable_files(tmp_path, schema):

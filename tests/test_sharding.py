@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ctrscale.cli import main
-from ctrscale.train.recipe import load_trained, predict
+from ctrscale.train.inference import load_trained, predict
 
 WORKER = textwrap.dedent('''
     import sys

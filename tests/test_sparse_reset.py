@@ -9,7 +9,8 @@ from ctrscale.data.loader import Loader, LoaderConfig
 from ctrscale.models.registry import build_model
 from ctrscale.train import sparse
 from ctrscale.train.config import load_config
-from ctrscale.train.recipe import fit, make_optimizer
+from ctrscale.train.loop import fit
+from ctrscale.train.optim import make_optimizer
 
 
 def test_reset_restores_exactly_the_sparse_parameters_and_their_state(tiny):
@@ -59,11 +60,11 @@ def test_async_run_warm_starts_and_resumes_exactly(tmp_path):
     snap = torch.load(tmp_path / "ref" / "sparse_snapshot.pt", weights_only=True)
     assert snap and all(torch.equal(v, earlier[k]) for k, v in snap.items())  # the warm start is the snapshot
     # stopped in the middle of the second epoch (20 steps per epoch), then resumed
-    assert fit(_cfg(tmp_path, "cut", *opts, "train.max_steps=27"))["stopped_at_step"] == 27
+    assert fit(_cfg(tmp_path, "cut", *opts, "train.max_steps=27")).step == 27
     res = fit(_cfg(tmp_path, "cut", *opts), resume=True)
-    assert res["test"] == ref["test"]
+    assert res.test == ref.test
     last_ref = torch.load(tmp_path / "ref" / "last.pt", weights_only=False)["model"]
     last_cut = torch.load(tmp_path / "cut" / "last.pt", weights_only=False)["model"]
     assert all(torch.equal(v, last_cut[k]) for k, v in last_ref.items())
     plain = fit(_cfg(tmp_path, "plain", "train.epochs=3", f"train.sparse_init={tmp_path / 'earlier'}"))
-    assert plain["test"] != ref["test"]  # the resets change the training
+    assert plain.test != ref.test  # the resets change the training

@@ -10,21 +10,19 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ctrscale.data.loader import Loader, LoaderConfig
-from ctrscale.models.evo_attention import (
-    RelativeEncoding,
+from ctrscale.models.attention import RelativeEncoding, chunk_ids, dense_attention, make_chunks
+from ctrscale.models.attention.chunks import chunk_ids_reference
+from ctrscale.models.attention.evo import (
     causal_full_attention,
     causal_linear_attention,
-    chunk_ids,
-    chunk_ids_reference,
-    dense_reference,
+    causal_linear_reference,
     local_window_attention,
     local_window_reference,
-    make_chunks,
 )
 from ctrscale.models.registry import build_model
 from ctrscale.models.sparsectr import ALTERNATIVES, SPARSITY, VARIANTS, SparseCTRConfig, _Sequence
 from ctrscale.train.config import load_config
-from ctrscale.train.recipe import fit
+from ctrscale.train.loop import fit
 
 DAY = 86400
 
@@ -150,7 +148,7 @@ def test_blocked_full_attention_equals_dense_reference(block):
     allowed = (pos[:, None] >= pos[None, :]) & (valid[:, None, :] | torch.eye(n, dtype=torch.bool))
     bias = enc(times[:, :, None], times[:, None, :], pos[:, None].float(), pos[None, :].float()).transpose(0, 1)
     fast = causal_full_attention(q, k, v, times, valid, enc, block)
-    ref = dense_reference(q, k, v, allowed, bias)
+    ref = dense_attention(q, k, v, allowed, bias)
     torch.testing.assert_close(fast, ref)
     for a, b in zip(torch.autograd.grad(fast.sum(), (q, k, v, enc.slopes)),
                     torch.autograd.grad(ref.sum(), (q, k, v, enc.slopes))):
@@ -161,10 +159,7 @@ def test_linear_attention_equals_dense_kernel_reference():
     times, valid = _histories()
     r, n = valid.shape
     q, k, v = (torch.randn(2, r, n, 4) for _ in range(3))
-    phi = lambda x: torch.nn.functional.elu(x) + 1  # noqa: E731
-    a = (phi(q) @ phi(k).transpose(-1, -2)) * (torch.tril(torch.ones(n, n)) * valid[:, None, :])
-    want = (a @ v) / a.sum(-1, keepdim=True).clamp_min(1e-6)
-    torch.testing.assert_close(causal_linear_attention(q, k, v, valid), want)
+    torch.testing.assert_close(causal_linear_attention(q, k, v, valid), causal_linear_reference(q, k, v, valid))
 
 
 def _layer_and_inputs(cfg: SparseCTRConfig, seed=0):
@@ -178,17 +173,17 @@ def _layer_and_inputs(cfg: SparseCTRConfig, seed=0):
         torch.nn.init.normal_(p)
     p, m, _ = cfg.resolved()
     ch = make_chunks(chunk_ids(times, valid, p), times, p, m)
-    seq = _Sequence(valid, times, torch.arange(n), times.amax(1) + 60, ch, ch.trans_idx, ch.trans_valid)
+    seq = _Sequence(valid, times, torch.arange(n), ch, ch.trans_idx, ch.trans_valid)
     if cfg.attention == "dilated":
         idx = torch.arange(n - 1, -1, -cfg.dilation).flip(0).expand(r, -1)
         seq = dataclasses.replace(seq, trans_idx=idx, trans_valid=valid.gather(1, idx))
     return attn, torch.randn(r, n, 8), torch.randn(r, 8), seq
 
 
-def _dense(attn, x, user, seq, cfg, cand=None):
+def _dense(attn, x, user, seq, cfg, cand=None, t_cand=None):
     """Every branch over all L keys with an explicit (Lq, L) or (Lq, P) mask, chunks from the loop reference,
     bias from enc.forward, heads second (R, H, ..) and moved first for _fuse. Queries are the behaviors, or with
-    `cand` (R, C, D) candidates at position L and the request time."""
+    `cand` (R, C, D) candidates at position L and the request time t_cand (R,)."""
     r, n = seq.valid.shape
     p, m, w = cfg.resolved()
     heads = lambda t: t.unflatten(-1, (2, -1)).transpose(1, 2)  # noqa: E731
@@ -199,7 +194,7 @@ def _dense(attn, x, user, seq, cfg, cand=None):
         q, qpos, tq = heads(attn.q(x)), pos, seq.times
     else:
         q, qpos = heads(attn.q(cand)), torch.full((cand.shape[1],), n)
-        tq = seq.request_time[:, None].expand(r, cand.shape[1])
+        tq = t_cand[:, None].expand(r, cand.shape[1])
     before = qpos[:, None] > pos[None, :]                                 # (Lq, L) key strictly before query
     pair_bias = attn.enc(tq[:, :, None], seq.times[:, None, :], qpos[:, None].float(), pos[None, :].float())
     pair_bias = torch.zeros(1, 1, 1, 1) if pair_bias is None else pair_bias
@@ -219,7 +214,8 @@ def _dense(attn, x, user, seq, cfg, cand=None):
             own = ids if cand is None else torch.full((r, len(qpos)), p + 1)  # a candidate comes after every chunk
             allowed = (torch.arange(1, p + 1) < own[:, :, None]) & cv[:, None, :]
             bias = attn.enc(tq[:, :, None], ct[:, None, :], qpos[:, None].float(), cp[:, None, :])
-            outs.append(dense_reference(q, heads(attn.agg_k(kp)), heads(attn.agg_v(vp)), allowed[:, None], bias))
+            bias = 0.0 if bias is None else bias
+            outs.append(dense_attention(q, heads(attn.agg_k(kp)), heads(attn.agg_v(vp)), allowed[:, None], bias))
         elif name == "transition":
             keys = torch.zeros(r, n, dtype=torch.bool)
             if cfg.attention == "dilated":
@@ -229,17 +225,17 @@ def _dense(attn, x, user, seq, cfg, cand=None):
                 for u in range(r):
                     for c in range(1, int(ids[u].max()) + 1):
                         keys[u, torch.nonzero(ids[u] == c).squeeze(1)[-m:]] = True
-            outs.append(dense_reference(q, k, v, (keys[:, None, :] & before)[:, None], pair_bias))
+            outs.append(dense_attention(q, k, v, (keys[:, None, :] & before)[:, None], pair_bias))
         elif name == "local":
             reach = w if cand is not None else w - 1  # a behavior's window holds itself, a candidate's does not
             window = (qpos[:, None] - pos[None, :] <= reach) & (qpos[:, None] >= pos[None, :])
             allowed = torch.cat([window & seq.valid[:, None, :], torch.ones(r, len(qpos), 1, dtype=torch.bool)], -1)
             kk, vv = torch.cat([k, ku.unsqueeze(2)], 2), torch.cat([v, vu.unsqueeze(2)], 2)
             bias = torch.nn.functional.pad(pair_bias.expand(r, 2, len(qpos), n), (0, 1))
-            outs.append(dense_reference(q, kk, vv, allowed[:, None], bias))
+            outs.append(dense_attention(q, kk, vv, allowed[:, None], bias))
         elif name == "full":
             allowed = (qpos[:, None] >= pos[None, :]) & (seq.valid[:, None, :] | (qpos[:, None] == pos[None, :]))
-            outs.append(dense_reference(q, k, v, allowed[:, None], pair_bias))
+            outs.append(dense_attention(q, k, v, allowed[:, None], pair_bias))
     return attn._fuse([o.transpose(0, 1) for o in outs])
 
 
@@ -259,9 +255,9 @@ def test_evo_attention_equals_dense_reference(case):
     ref = _dense(attn, x, user, seq, cfg)
     rows = seq.valid.unsqueeze(-1).expand_as(fast)
     torch.testing.assert_close(fast[rows], ref[rows], rtol=1e-4, atol=1e-5)
-    cand = torch.randn(x.shape[0], 3, 8)
-    torch.testing.assert_close(attn.candidates(cand, cache, seq), _dense(attn, x, user, seq, cfg, cand),
-                               rtol=1e-4, atol=1e-5)
+    cand, t_cand = torch.randn(x.shape[0], 3, 8), seq.times.amax(1) + 60
+    torch.testing.assert_close(attn.candidates(cand, cache, seq.valid.shape[1], t_cand),
+                               _dense(attn, x, user, seq, cfg, cand, t_cand), rtol=1e-4, atol=1e-5)
 
 
 def _sample(tiny, n=128, max_len=20):
@@ -348,10 +344,10 @@ def test_listwise_training_run_resumes_exactly(tiny, tmp_path):
               "train.progress=false", "data.max_len=20", "train.checkpoint_every=0", "data.length_window=2"]
     whole = fit(load_config(None, [*common, "name=whole"]))
     part = fit(load_config(None, [*common, "name=part", "train.max_steps=3"]))
-    assert part["stopped_at_step"] == 3
+    assert part.step == 3
     resumed = fit(load_config(None, [*common, "name=part"]), resume=True)
-    assert resumed["test"]["auc"] == pytest.approx(whole["test"]["auc"], abs=1e-6)
-    assert whole["config"]["data"]["listwise"] is None and whole["test"]["auc"] > 0.55
+    assert resumed.test["auc"] == pytest.approx(whole.test["auc"], abs=1e-6)
+    assert whole.config["data"]["listwise"] is None and whole.test["auc"] > 0.55
 
 
 def test_rope_scores_depend_on_relative_position_only():

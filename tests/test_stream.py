@@ -9,7 +9,8 @@ import pytest
 from ctrscale.cli import main
 from ctrscale.data.loader import LoaderConfig
 from ctrscale.data.stream import StreamLoader
-from ctrscale.train.distributed import World, shard
+from ctrscale.data.loader import shard
+from ctrscale.train.distributed import World
 
 
 def _stream(data, seed=0, buffer=300, chunk=128, batch=64):

@@ -7,11 +7,10 @@ import pytest
 import torch
 
 from ctrscale.data.loader import Loader, LoaderConfig
-from ctrscale.models.attention import (
-    TimePositionBias,
+from ctrscale.models.attention import TimePositionBias, dense_attention, merge_heads, split_heads
+from ctrscale.models.attention.causal import (
     causal_attention,
-    causal_self_attention,
-    dense_attention,
+    causal_reference,
     local_dilated_attention,
     sparse_pattern,
 )
@@ -39,9 +38,9 @@ def test_local_dilated_equals_dense_masked_reference(n, local, dilation):
         for t in (bias.time_table, bias.pos_table):
             t.normal_()
     got = local_dilated_attention(q, k, v, times, valid, bias, local, dilation)
-    ref = causal_self_attention(q, k, v, times, valid, bias, local, dilation if dilation > 1 else 1)
+    ref = causal_reference(q, k, v, times, valid, bias, local, dilation if dilation > 1 else 1)
     if dilation == 1:  # r = 1: the union is plain causal attention
-        ref = causal_self_attention(q, k, v, times, valid, bias)
+        ref = causal_reference(q, k, v, times, valid, bias)
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
     assert torch.isfinite(got).all()
 
@@ -57,7 +56,7 @@ def test_blocked_causal_attention_equals_dense_reference(block, with_bias):
         bias.time_table.normal_()
         bias.pos_table.normal_()
     grads = []
-    for fn in (lambda *a: causal_attention(*a, block=block), causal_self_attention):
+    for fn in (lambda *a: causal_attention(*a, block=block), causal_reference):
         xs = [t.clone().requires_grad_() for t in (q, k, v)]
         bias.zero_grad()
         out = fn(*xs, times, valid, bias if with_bias else None)
@@ -111,9 +110,9 @@ def reference_forward(model, batch):
     gates = []
     for blk in model.blocks:
         x = blk.norm1(e)
-        q, k, v = (blk._heads(t) for t in blk.qkv(x).chunk(3, -1))
+        q, k, v = (split_heads(t, blk.heads) for t in blk.qkv(x).chunk(3, -1))
         bias = blk.bias(times[:, :, None], times[:, None, :], pos[:, None] - pos[None, :]).unsqueeze(1)
-        e_self = blk.out(blk._merge(dense_attention(q, k, v, allowed, bias)))
+        e_self = blk.out(merge_heads(dense_attention(q, k, v, allowed, bias)))
         e_cross = blk._cross(e_self, profile)
         behaviors = valid.clone()
         behaviors[:, -1] = False  # the gate's mean runs over behaviors only (spec decision)
@@ -190,19 +189,6 @@ def test_size_presets_grow_the_dense_parameters(tiny):
         build_model(tiny.spec, {"name": "suan", "size": "size-9"})
 
 
-def test_small_table_lookup_gradient_equals_autograd():
-    from ctrscale.models.attention import table_lookup
-    torch.manual_seed(0)
-    table = torch.randn(7, requires_grad=True)
-    idx = torch.randint(0, 7, (4, 5, 6))
-    g = torch.randn(4, 5, 6)
-    (table_lookup(table, idx) * g).sum().backward()
-    ref_table = table.detach().clone().requires_grad_()
-    (ref_table[idx] * g).sum().backward()
-    torch.testing.assert_close(table.grad, ref_table.grad)
-    torch.testing.assert_close(table_lookup(table, idx), ref_table[idx])
-
-
 @pytest.mark.parametrize("n,local,dilation", [(10, 4, 2), (10, 3, 4), (11, 4, 2), (16, 4, 8)])
 def test_local_dilated_gradients_equal_reference(n, local, dilation):
     q, k, v, times, valid = _inputs(n=n, seed=3)
@@ -211,7 +197,7 @@ def test_local_dilated_gradients_equal_reference(n, local, dilation):
         bias.time_table.normal_()
         bias.pos_table.normal_()
     grads = []
-    for fn in (local_dilated_attention, causal_self_attention):
+    for fn in (local_dilated_attention, causal_reference):
         xs = [t.clone().requires_grad_() for t in (q, k, v)]
         bias.zero_grad()
         out = fn(*xs, times, valid, bias, local, dilation)

@@ -19,7 +19,8 @@ import torch
 from .data.loader import Loader, LoaderConfig
 from .errors import ConfigError
 from .models.est import BLOCKS
-from .train.recipe import evaluate, load_trained
+from .reports import markdown_table, pyplot, save_figure
+from .train.inference import evaluate, load_trained
 
 
 def _ranks(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,11 +79,8 @@ def masking_table(model, data, split: str, max_len: int, batch_size: int, device
 
 
 def plot_ranks(ranks: dict, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     layers = sorted(ranks)
-    fig, axes = plt.subplots(1, 2, figsize=(9, 1.2 + 0.6 * len(layers)), constrained_layout=True)
+    fig, axes = pyplot().subplots(1, 2, figsize=(9, 1.2 + 0.6 * len(layers)), constrained_layout=True)
     for ax, kind, title in zip(axes, ("stable", "erank"), ("stable rank", "entropy rank")):
         grid = [[ranks[layer][b][kind] for b in BLOCKS] for layer in layers]
         im = ax.imshow(grid, cmap="viridis", aspect="auto")
@@ -94,15 +92,14 @@ def plot_ranks(ranks: dict, path: Path) -> None:
                         color="k" if im.norm(v) > 0.6 else "w")
         ax.set_title(f"attention {title} per block")
         fig.colorbar(im, ax=ax, shrink=0.8)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, tight=False)  # constrained_layout already placed the panels
 
 
 def analyze_attention(run: str | Path, split: str = "test", samples: int = 1000, out: Path | None = None) -> dict:
     cfg, data, model, device = load_trained(run)
-    if cfg.model.get("attention") != "full":
+    if cfg.model.name != "est" or cfg.model.config.attention != "full":
         raise ConfigError(f"{run}: the attention analysis needs an `est` model trained with model.attention=full "
-                         f"(this run: {cfg.model})")
+                         f"(this run: {cfg.model.to_dict()})")
     out = out or Path(run) / "analysis"
     out.mkdir(parents=True, exist_ok=True)
     max_len = cfg.data.max_len or data.spec.max_len
@@ -112,16 +109,13 @@ def analyze_attention(run: str | Path, split: str = "test", samples: int = 1000,
     ranks = block_ranks(model, batches)
     masking = masking_table(model, data, split, max_len, cfg.data.eval_batch_size, device)
     plot_ranks(ranks, out / "block_rank.png")
-    lines = ["| masked block | AUC | GAUC | AUC vs none | GAUC vs none |", "|---|---|---|---|---|"]
-    for r in masking:
-        lines.append(f"| {r['masked']} | {r['auc']:.4f} | {r['gauc']:.4f} | {100 * r['auc_rel']:+.2f}% | "
-                     f"{100 * r['gauc_rel']:+.2f}% |")
-    lines += ["", "| layer | " + " | ".join(f"{b} stable / erank" for b in BLOCKS) + " |",
-              "|---|" + "---|" * len(BLOCKS)]
-    for layer in sorted(ranks):
-        cells = [f"{ranks[layer][b]['stable']:.2f} / {ranks[layer][b]['erank']:.2f}" for b in BLOCKS]
-        lines.append(f"| {layer + 1} | " + " | ".join(cells) + " |")
-    table = "\n".join(lines)
+    masked = markdown_table([[r["masked"], f"{r['auc']:.4f}", f"{r['gauc']:.4f}", f"{100 * r['auc_rel']:+.2f}%",
+                              f"{100 * r['gauc_rel']:+.2f}%"] for r in masking],
+                            ["masked block", "AUC", "GAUC", "AUC vs none", "GAUC vs none"])
+    by_layer = markdown_table([[str(layer + 1)] + [f"{ranks[layer][b]['stable']:.2f} / {ranks[layer][b]['erank']:.2f}"
+                                                   for b in BLOCKS] for layer in sorted(ranks)],
+                              ["layer"] + [f"{b} stable / erank" for b in BLOCKS])
+    table = f"{masked}\n\n{by_layer}"
     (out / "attention.md").write_text(table + "\n")
     (out / "attention.json").write_text(json.dumps({"split": split, "samples": samples, "ranks": ranks,
                                                     "masking": masking}, indent=1))

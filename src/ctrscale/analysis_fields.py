@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .models.registry import default_config
 from .errors import ConfigError
+from .reports import markdown_table, pyplot, save_figure
 from .train.config import load_config
-from .train.recipe import load_trained
+from .train.inference import load_trained
 
 
 def asymmetric_pairs(alpha: np.ndarray, names: list[str], top: int) -> list[dict]:
@@ -41,13 +41,10 @@ def extreme_pairs(alpha: np.ndarray, names: list[str], top: int) -> tuple[list[d
 
 
 def plot_alpha(alpha: np.ndarray, names: list[str], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     panels = [("mean over layers", alpha.mean(0))] + ([(f"layer {k + 1}", a) for k, a in enumerate(alpha)]
                                                       if len(alpha) > 1 else [])
     size = 0.45 * len(names) + 2.5
-    fig, axes = plt.subplots(1, len(panels), figsize=(size * len(panels), size), squeeze=False)
+    fig, axes = pyplot().subplots(1, len(panels), figsize=(size * len(panels), size), squeeze=False)
     reach = max(float(np.abs(alpha - 1).max()), 1e-6)  # diverging around 1: red amplifies a pair, blue damps it
     for ax, (title, a) in zip(axes[0], panels):
         im = ax.imshow(a, cmap="RdBu_r", vmin=1 - reach, vmax=1 + reach)
@@ -57,15 +54,14 @@ def plot_alpha(alpha: np.ndarray, names: list[str], path: Path) -> None:
         ax.set_ylabel("query field")
         ax.set_title(f"alpha, {title}")
         fig.colorbar(im, ax=ax, shrink=0.7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def analyze_fields(run: str | Path, out: Path | None = None, top: int = 10) -> dict:
-    model_cfg = {**default_config("fat"), **load_config(Path(run) / "config.yaml").model}
-    if model_cfg["name"] != "fat" or model_cfg["alpha"] == "none":
-        raise ConfigError(f"{run}: the field analysis reads a `fat` model's learned alpha (this run: {model_cfg})")
+    model = load_config(Path(run) / "config.yaml").model
+    if model.name != "fat" or model.config.alpha == "none":
+        raise ConfigError(f"{run}: the field analysis reads a `fat` model's learned alpha (this run: "
+                          f"{model.to_dict()})")
     _, _, model, _ = load_trained(run)
     with torch.no_grad():
         alpha = model.alphas().cpu().numpy()                            # (layers, F, F)
@@ -76,13 +72,13 @@ def analyze_fields(run: str | Path, out: Path | None = None, top: int = 10) -> d
     asym = asymmetric_pairs(mean, names, top)
     strongest, weakest = extreme_pairs(mean, names, top)
     plot_alpha(alpha, names, out / "alpha.png")
-    lines = ["| query field | key field | alpha | reverse alpha | difference |", "|---|---|---|---|---|"]
-    lines += [f"| {r['query']} | {r['key']} | {r['alpha']:.3f} | {r['reverse']:.3f} | {r['difference']:.3f} |"
-              for r in asym]
-    lines += ["", "| strongest query -> key | alpha | weakest query -> key | alpha |", "|---|---|---|---|"]
-    lines += [f"| {s['query']} -> {s['key']} | {s['alpha']:.3f} | {w['query']} -> {w['key']} | {w['alpha']:.3f} |"
-              for s, w in zip(strongest, weakest)]
-    table = "\n".join(lines)
+    pairs = markdown_table([[r["query"], r["key"], f"{r['alpha']:.3f}", f"{r['reverse']:.3f}",
+                             f"{r['difference']:.3f}"] for r in asym],
+                           ["query field", "key field", "alpha", "reverse alpha", "difference"])
+    extremes = markdown_table([[f"{s['query']} -> {s['key']}", f"{s['alpha']:.3f}", f"{w['query']} -> {w['key']}",
+                                f"{w['alpha']:.3f}"] for s, w in zip(strongest, weakest)],
+                              ["strongest query -> key", "alpha", "weakest query -> key", "alpha"])
+    table = f"{pairs}\n\n{extremes}"
     (out / "fields.md").write_text(table + "\n")
     (out / "fields.json").write_text(json.dumps({"fields": names, "alpha": alpha.tolist(), "asymmetric": asym,
                                                  "strongest": strongest, "weakest": weakest}, indent=1))

@@ -49,18 +49,19 @@ def cmd_prepare(args) -> int:
 def cmd_train(args) -> int:
     from .train.config import load_config
     from .train.distributed import close_world
-    from .train.recipe import fit
+    from .train.loop import fit
+    from .train.result import StoppedRun
     cfg = load_config(args.config, args.overrides)
     try:
         res = fit(cfg, resume=args.resume, overwrite=args.overwrite)
     finally:
         distributed = close_world()  # under torchrun: leave no collective thread running at exit
-    if "test" in res:
-        t = res["test"]
-        print(f"{cfg.name}: best epoch {res['best_epoch']}; test AUC {t['auc']:.4f} GAUC {t.get('gauc', 0):.4f} "
-              f"logloss {t['logloss']:.4f}; results in {cfg.run_dir}/results.json")
+    if isinstance(res, StoppedRun):
+        print(f"stopped at step {res.step}; continue with --resume")
     else:
-        print(f"stopped at step {res['stopped_at_step']}; continue with --resume")
+        t = res.test
+        print(f"{cfg.name}: best epoch {res.best_epoch}; test AUC {t['auc']:.4f} GAUC {t.get('gauc', 0):.4f} "
+              f"logloss {t['logloss']:.4f}; results in {cfg.run_dir}/results.json")
     if distributed:
         # Everything is written and the group is gone; skip interpreter teardown, where gloo's worker threads
         # can still hold tensors and abort the process ("terminate called without an active exception").
@@ -77,7 +78,7 @@ def cmd_distill(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .train.recipe import evaluate, load_trained
+    from .train.inference import evaluate, load_trained
     cfg, data, model, device = load_trained(args.run, args.checkpoint)
     max_len = cfg.data.max_len or data.spec.max_len
     m = evaluate(model, data, args.split, max_len, cfg.data.eval_batch_size, device, cfg.train.precision)

@@ -20,16 +20,17 @@ from pathlib import Path
 import numpy as np
 
 from . import metrics
-from .demo import markdown_table, plot_epoch_curves
 from .errors import ConfigError
+from .reports import markdown_table, plot_epoch_curves
 from .train.config import load_config
-from .train.recipe import reuse_or_fit
+from .train.loop import reuse_or_fit
+from .train.result import RunResult
 
 
 def run_compare(data: str, models: list[str], seeds: list[int], out: Path, overrides: list[str] = (),
                 config: str | None = None, progress: bool = True, overwrite: bool = False) -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    runs: dict[str, list[dict]] = {}
+    runs: dict[str, list[RunResult]] = {}
     for entry in models:
         model, own = parse_model_entry(entry)
         for seed in seeds:
@@ -66,18 +67,17 @@ def _mean_std(xs) -> str:
     return f"{xs.mean():.4f} ± {xs.std(ddof=1):.4f}" if len(xs) > 1 else f"{xs.mean():.4f}"  # one seed: no spread
 
 
-def summarize(runs: dict[str, list[dict]], out: Path) -> dict:
+def summarize(runs: dict[str, list[RunResult]], out: Path) -> dict:
     models = list(runs)
     rows, table = [], {}
     for m in models:
         rs = runs[m]
-        table[m] = {k: [r["test"][k] for r in rs] for k in ("auc", "gauc", "logloss")}
+        table[m] = {k: [r.test[k] for r in rs] for k in ("auc", "gauc", "logloss")}
         rows.append([m, str(len(rs)), _mean_std(table[m]["auc"]), _mean_std(table[m]["gauc"]),
-                     _mean_std(table[m]["logloss"]), f"{rs[0]['params']['dense']:,}",
-                     f"{rs[0].get('inference_gflops_per_60', float('nan')):.3f}",
-                     f"{np.mean([r['best_epoch'] for r in rs]):.1f}"])
-    md = [f"Test metrics, mean ± std over seeds ({runs[models[0]][0]['dataset']}, max_len "
-          f"{runs[models[0]][0]['max_len']})", "",
+                     _mean_std(table[m]["logloss"]), f"{rs[0].params['dense']:,}",
+                     f"{rs[0].inference_gflops_per_60:.3f}", f"{np.mean([r.best_epoch for r in rs]):.1f}"])
+    md = [f"Test metrics, mean ± std over seeds ({runs[models[0]][0].dataset}, max_len "
+          f"{runs[models[0]][0].max_len})", "",
           markdown_table(rows, ["model", "seeds", "AUC", "GAUC", "logloss", "dense params", "GFLOPs / 60",
                                 "best epoch"])]
     tests = {}
@@ -97,22 +97,22 @@ def summarize(runs: dict[str, list[dict]], out: Path) -> dict:
             md.append(f"Bootstrap over users of the seed-averaged predictions: AUC diff "
                       f"{boot['auc']['diff']:+.4f} CI {_ci(boot['auc']['ci95'])}, GAUC diff "
                       f"{boot['gauc']['diff']:+.4f} CI {_ci(boot['gauc']['ci95'])}.")
-    curves = {m: epoch_means(rs) for m, rs in runs.items()}
+    curves = {m: epoch_means([r.epochs for r in rs]) for m, rs in runs.items()}
     n_epochs = max(len(c) for c in curves.values())
     cells = {m: [f"{r['valid_auc']:.4f} / {r['valid_gauc']:.4f}" for r in c] for m, c in curves.items()}
     md += ["", "Validation AUC / GAUC per epoch, mean over the seeds that ran it (![curves](valid_by_epoch.png))", "",
            markdown_table([[m] + cs + [""] * (n_epochs - len(cs)) for m, cs in cells.items()],
                           ["model"] + [f"epoch {e}" for e in range(1, n_epochs + 1)])]
-    return {"runs": {m: [{k: r[k] for k in ("seed", "test", "valid", "best_epoch", "params")} for r in rs]
+    return {"runs": {m: [{k: getattr(r, k) for k in ("seed", "test", "valid", "best_epoch", "params")} for r in rs]
                      for m, rs in runs.items()}, "tests": tests, "valid_by_epoch": curves,
             "markdown": "\n".join(md) + "\n"}
 
 
-def epoch_means(rs: list[dict]) -> list[dict]:
-    """Validation AUC / GAUC at each epoch, averaged over the runs that reached it."""
+def epoch_means(runs: list[list[dict]]) -> list[dict]:
+    """Validation AUC / GAUC at each epoch, averaged over the runs (their `epochs`) that reached it."""
     out = []
-    for e in range(1, max(len(r["epochs"]) for r in rs) + 1):
-        rows = [r["epochs"][e - 1] for r in rs if len(r["epochs"]) >= e]
+    for e in range(1, max(len(epochs) for epochs in runs) + 1):
+        rows = [epochs[e - 1] for epochs in runs if len(epochs) >= e]
         out.append({"epoch": e, "seeds": len(rows), **{f"valid_{k}": float(np.mean([x[f"valid_{k}"] for x in rows]))
                                                        for k in ("auc", "gauc")}})
     return out
@@ -128,8 +128,8 @@ def _ci(ci) -> str:
     return f"[{ci[0]:+.4f}, {ci[1]:+.4f}]"
 
 
-def _mean_predictions(out: Path, rs: list[dict]) -> dict | None:
-    files = [out / r["name"] / "test_predictions.npz" for r in rs]
+def _mean_predictions(out: Path, rs: list[RunResult]) -> dict | None:
+    files = [out / r.name / "test_predictions.npz" for r in rs]
     if not all(f.exists() for f in files):
         return None
     loaded = [np.load(f) for f in files]

@@ -9,15 +9,17 @@ from pathlib import Path
 
 from .data import catalog
 from .models.registry import entries
+from .reports import markdown_table, plot_epoch_curves
 from .train.config import load_config
-from .train.recipe import reuse_or_fit
+from .train.loop import reuse_or_fit
+from .train.result import RunResult
 
 DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
 COLUMNS = ["model", "test AUC", "test GAUC", "test logloss", "dense params", "GFLOPs/60", "train imp/s"]
 
 
 def run_demo(out: Path, epochs: int = 2, models: list[str] | None = None, options: dict | None = None,
-             seed: int = 0, progress: bool = True, overwrite: bool = False) -> list[dict]:
+             seed: int = 0, progress: bool = True, overwrite: bool = False) -> list[RunResult]:
     out.mkdir(parents=True, exist_ok=True)
     base = load_config(DEMO_CONFIG)
     path, report = catalog.prepare("synthetic", **{**base.data.options, **(options or {})})
@@ -32,49 +34,20 @@ def run_demo(out: Path, epochs: int = 2, models: list[str] | None = None, option
             print(f"== {name}")
         results.append(reuse_or_fit(cfg, overwrite))  # reused, continued, or refused when settings differ
     rows = [table_row(r) for r in results]
-    text = markdown_table(rows)
+    text = markdown_table(rows, COLUMNS)
     if progress:
         print(text)
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    (out / "results.json").write_text(json.dumps([r.to_dict() for r in results], indent=1))
     (out / "summary.md").write_text(
         f"# ctrscale demo: synthetic data ({path.name}), {epochs} epoch(s), seed {seed}\n\n{text}\n\n"
         "Test metrics use the weights with the best validation AUC. GFLOPs are counted by torch's FLOP counter "
         "on one inference batch of 60 impressions; impressions/s is training throughput on this machine.\n\n"
         "![validation AUC per epoch](valid_auc.png)\n")
-    plot_epoch_curves({r["model"]: r["epochs"] for r in results}, out / "valid_auc.png")
+    plot_epoch_curves({r.model: r.epochs for r in results}, out / "valid_auc.png")
     return results
 
 
-def table_row(r: dict) -> list[str]:
-    t = r["test"]
-    return [r["model"], f"{t['auc']:.4f}", f"{t.get('gauc', float('nan')):.4f}", f"{t['logloss']:.4f}",
-            f"{r['params']['dense']:,}", f"{r['inference_gflops_per_60']:.4f}",
-            f"{r['train_impressions_per_s']:,.0f}"]
-
-
-def markdown_table(rows: list[list[str]], columns: list[str] = COLUMNS) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def plot_epoch_curves(curves: dict[str, list[dict]], path: Path, metrics: tuple[str, ...] = ("auc",)) -> None:
-    """One panel per validation metric against epoch, one line per label; `curves` maps a label to its
-    `{"epoch": e, "valid_<metric>": x}` rows (a run's `epochs`, or a mean over seeds)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
-        for i, (label, rows) in enumerate(curves.items()):  # the colour cycle has 10: later lines change style
-            ax.plot([r["epoch"] for r in rows], [r[f"valid_{metric}"] for r in rows], label=label,
-                    marker="os^"[i // 10 % 3], linestyle=("-", "--", ":")[i // 10 % 3])
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(f"validation {metric.upper()}")
-        ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    fig.suptitle(f"Validation {' / '.join(m.upper() for m in metrics)} per epoch")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+def table_row(r: RunResult) -> list[str]:
+    t = r.test
+    return [r.model, f"{t['auc']:.4f}", f"{t.get('gauc', float('nan')):.4f}", f"{t['logloss']:.4f}",
+            f"{r.params['dense']:,}", f"{r.inference_gflops_per_60:.4f}", f"{r.train_impressions_per_s:,.0f}"]

@@ -178,6 +178,8 @@ def coerce(t: Any, v: Any, key: str) -> Any:
             except ConfigError:
                 pass
         raise ConfigError(f"{key}: expected {_type_name(t)}, got {_show(v)}")
+    if isinstance(t, type) and hasattr(t, "from_raw"):  # a section typed through its own resolver (the model's)
+        return t.from_raw(v, key)
     if dataclasses.is_dataclass(t):
         return from_dict(t, v, key)
     if origin in (tuple, list) or t in (tuple, list):
@@ -298,10 +300,15 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 
 
 def to_dict(obj) -> dict:
-    def conv(x):
-        if isinstance(x, tuple):
+    """A dataclass as plain YAML-able data; a nested section with its own `to_dict` (a model choice) writes itself."""
+    def conv(x, top=False):
+        if dataclasses.is_dataclass(x) and not isinstance(x, type):
+            if not top and hasattr(x, "to_dict"):
+                return x.to_dict()
+            return {f.name: conv(getattr(x, f.name)) for f in dataclasses.fields(x)}
+        if isinstance(x, (tuple, list)):
             return [conv(v) for v in x]
         if isinstance(x, dict):
             return {k: conv(v) for k, v in x.items()}
         return x
-    return conv(dataclasses.asdict(obj))
+    return conv(obj, top=True)

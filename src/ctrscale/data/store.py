@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
+from ..reports import markdown_table
 
 PAD, OOV = 0, 1
 FORMAT_VERSION = 1
@@ -243,9 +244,21 @@ def _sibling(root: Path, kind: str) -> Path:
     return root.with_name(f".{root.name}.ctrscale-{kind}-{os.getpid()}-{secrets.token_hex(4)}")
 
 
+@contextmanager
+def spill_folder(root: str | Path):
+    """A scratch folder beside `root` for a preparation's intermediate files, removed on exit; one left by a
+    killed process is removed by the next `recover`."""
+    path = _sibling(Path(os.path.abspath(root)), "spill")
+    path.mkdir(parents=True)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def _siblings(root: Path):
-    """(path, kind 'partial' | 'old', pid) of the temporary folders preparations of `root` leave beside it."""
-    pat = re.compile(r"\." + re.escape(root.name) + r"\.ctrscale-(partial|old)-(\d+)-[0-9a-f]{8}")
+    """(path, kind 'partial' | 'old' | 'spill', pid) of the temporary folders preparations of `root` leave."""
+    pat = re.compile(r"\." + re.escape(root.name) + r"\.ctrscale-(partial|old|spill)-(\d+)-[0-9a-f]{8}")
     if not root.parent.is_dir():
         return []
     found = [(p, m.group(1), int(m.group(2))) for p in root.parent.iterdir() if (m := pat.fullmatch(p.name))]
@@ -270,7 +283,7 @@ def recover(root: str | Path) -> None:
     process still running, and anything not ours, are left alone."""
     root = Path(root)
     for path, kind, pid in _siblings(root):
-        if _alive(pid) or not _ours(path):
+        if _alive(pid) or (kind != "spill" and not _ours(path)):  # a spill folder holds only scratch files
             continue
         if kind == "old" and not root.exists() and (path / "meta.json").is_file():
             os.rename(path, root)
@@ -472,19 +485,18 @@ def _warnings(rep: dict) -> list[str]:
 
 
 def report_markdown(rep: dict) -> str:
-    lines = [f"# Preparation report: {rep['dataset']}", "", "| split | rows | positives | mean history (by max_len) |"
-             " max history |", "|---|---|---|---|---|"]
-    for s, r in rep["splits"].items():
-        means = ", ".join(f"{k}: {v:.2f}" for k, v in r["mean_history_len"].items())
-        lines.append(f"| {s} | {r['rows']:,} | {r['positives']:,} | {means} | {r['max_history_len']} |")
-    lines += ["", "Bad rows skipped: " + (", ".join(f"{k}: {v}" for k, v in rep["bad_rows_skipped"].items())
-                                          or "none"), "", "Vocabulary sizes (incl. pad and OOV): "
-              + ", ".join(f"{k}: {v:,}" for k, v in rep["vocab_sizes"].items()), "", "History-length histogram:", "",
-              "| bucket | " + " | ".join(rep["splits"]) + " |", "|---|" + "---|" * len(rep["splits"])]
+    splits = markdown_table([[s, f"{r['rows']:,}", f"{r['positives']:,}",
+                              ", ".join(f"{k}: {v:.2f}" for k, v in r["mean_history_len"].items()),
+                              str(r["max_history_len"])] for s, r in rep["splits"].items()],
+                            ["split", "rows", "positives", "mean history (by max_len)", "max history"])
     buckets = next(iter(rep["splits"].values()))["history_len_histogram"]
-    for b in buckets:
-        counts = " | ".join(str(r["history_len_histogram"][b]) for r in rep["splits"].values())
-        lines.append(f"| {b} | {counts} |")
+    histogram = markdown_table([[b] + [str(r["history_len_histogram"][b]) for r in rep["splits"].values()]
+                                for b in buckets], ["bucket", *rep["splits"]])
+    lines = [f"# Preparation report: {rep['dataset']}", "", splits, "",
+             "Bad rows skipped: " + (", ".join(f"{k}: {v}" for k, v in rep["bad_rows_skipped"].items()) or "none"),
+             "", "Vocabulary sizes (incl. pad and OOV): "
+             + ", ".join(f"{k}: {v:,}" for k, v in rep["vocab_sizes"].items()), "", "History-length histogram:", "",
+             histogram]
     if "rows_read" in rep:
         lines += ["", f"Rows read: {rep['rows_read']:,}"
                   + (f" (CSV data lines: {rep['lines_read']:,})" if rep.get("lines_read") else "")

@@ -40,13 +40,12 @@ the behavior log (ordered per user by time) and referenced by [hist_start, hist_
 Times: behaviors from 2024-01-01 00:00 UTC (WARMUP_DAYS of history before any impression), impressions during the
 following PERIOD_DAYS. Split by time: a request at time t goes to train if t < T80, to valid if t < T90, else to
 test, where T80 and T90 are the 80% and 90% points of the impression period. Vocabularies are fitted on the train
-split only (two passes over the chunks: pass 1 counts train values, pass 2 regenerates the same chunks, encodes and
-writes), and the price is standardised with train statistics. Within a chunk rows are stored by (request time,
+split only and the price is standardised with train statistics (prepare.write_chunks: pass 1 fits on the chunks,
+pass 2 regenerates the same chunks, encodes and writes). Within a chunk rows are stored by (request time,
 user); chunks follow each other, so a split is time-ordered within each chunk of users, not globally.
 """
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -54,8 +53,8 @@ import numpy as np
 from ..errors import ConfigError
 from ..schema import Schema, load_schema
 from .movielens import schema_path
-from .prepare import covered_by, layout_of
-from .store import SPLITS, DatasetWriter, Vocab, fingerprint, is_prepared
+from .prepare import Chunk, write_chunks
+from .store import fingerprint, is_prepared
 
 NAME = "synthetic-v1"
 VERSION = 1
@@ -332,11 +331,6 @@ def _repeats(group: np.ndarray, value: np.ndarray) -> np.ndarray:
     return out
 
 
-def _count(counter: Counter, values: np.ndarray) -> None:
-    keys, counts = np.unique(values, return_counts=True)
-    counter.update(dict(zip(keys.tolist(), counts.tolist())))
-
-
 def prepare_synthetic(out: str | Path, n_users: int = 20_000, n_items: int = 5_000, impressions: int = 400_000,
                       seed: int = 0, shard_rows: int = 1_000_000, force: bool = False) -> dict | None:
     """Generate and prepare `synthetic-v1` into `out`; returns the report, or None when already prepared.
@@ -353,64 +347,23 @@ def prepare_synthetic(out: str | Path, n_users: int = 20_000, n_items: int = 5_0
     if not force and is_prepared(out, fp):
         return None
     world = World(n_users, n_items, impressions, seed, schema.content.dim if schema.content else 32)
-    lay = layout_of(schema)
-    seq = schema.sequences[0]
-    own_hist = [f.name for f in seq.fields if f.vocab is None]  # behavior fields with their own vocabulary
+    generator = {**params, "version": VERSION, "n_categories": world.n_cats, "request_rate": float(world.q),
+                 "requests": 0, "behaviors": 0, "t80": T80, "t90": T90}
 
-    # Pass 1: train value counts and numeric sums.
-    counts = {f.name: Counter() for f in schema.categorical}
-    hist_counts = {n: Counter() for n in own_hist}
-    sums = np.zeros((3, len(lay.dense)))
-    for c in range(world.n_chunks):
-        ch = world.chunk(c)
-        r, log = ch["rows"], ch["log"]
-        train = r["split"] == 0
-        for f in schema.categorical:
-            _count(counts[f.name], r[f.name][train])
-        for j, f in enumerate(lay.dense):
-            x = r[f][train].astype(np.float64)
-            sums[:, j] += [len(x), x.sum(), (x * x).sum()]
-        covered = covered_by(r["hist_start"][train], r["hist_end"][train], len(log["time"]))
-        for n in own_hist:
-            _count(hist_counts[n], log[n][covered])
-    vocabs = {f.name: Vocab.fit(counts[f.name], f.min_freq) for f in schema.categorical}
-    for n in own_hist:
-        vocabs[f"hist.{n}"] = Vocab.fit(hist_counts[n])
-    n = np.maximum(sums[0], 1)
-    mean = sums[1] / n
-    std = np.sqrt(np.maximum(sums[2] / n - mean ** 2, 0))
-    std = np.where(std > 0, std, 1.0)
+    def chunks():
+        """Each chunk of users, generated anew on every pass (same seed, same chunk)."""
+        n_req = n_behaviors = 0
+        for c in range(world.n_chunks):
+            ch = world.chunk(c)
+            r = ch["rows"]
+            yield Chunk(rows={**r, "request": r["request"] + n_req}, split=r["split"], log=ch["log"],
+                        hist_start=r["hist_start"], hist_end=r["hist_end"])
+            n_req += ch["n_requests"]
+            n_behaviors += len(ch["log"]["time"])
+        generator.update(requests=n_req, behaviors=n_behaviors)  # the report is written after both passes
 
-    # Pass 2: regenerate, encode, write.
-    w = DatasetWriter(out, lay, shard_rows)
-    n_req = 0
-    n_behaviors = 0
-    for c in range(world.n_chunks):
-        ch = world.chunk(c)
-        r, log = ch["rows"], ch["log"]
-        ids = np.stack([vocabs[lay.field_vocab[f"hist.{f}"]].encode(log[f]) for f in lay.hist], 1)
-        base = w.append_log(ids, log["time"])
-        n_behaviors += len(log["time"])
-        sparse = np.stack([vocabs[f].encode(r[f]) for f in lay.sparse], 1)
-        dense = np.stack([r[f].astype(np.float64) for f in lay.dense], 1) if lay.dense else \
-            np.zeros((len(r["label"]), 0))
-        dense = ((dense - mean) / std).astype(np.float32)
-        for s, name in enumerate(SPLITS):
-            m = r["split"] == s
-            w.append_rows(name, sparse=sparse[m], dense=dense[m], label=r["label"][m], time=r["time"][m],
-                          user=r["user"][m], request=r["request"][m] + n_req,
-                          hist_start=r["hist_start"][m] + base, hist_end=r["hist_end"][m] + base)
-        n_req += ch["n_requests"]
-
-    key_vocab = vocabs[schema.content.key]
-    content = np.zeros((len(key_vocab), world.content_raw.shape[1]), np.float32)
-    raw_ids = key_vocab.values.astype(np.int64)
-    content[2:] = world.content_raw[raw_ids]
-    extra = {"numeric_standardisation": {f: [float(a), float(b)] for f, a, b in zip(lay.dense, mean, std)},
-             "generator": {**params, "version": VERSION, "n_categories": world.n_cats, "request_rate": float(world.q),
-                           "requests": n_req, "behaviors": n_behaviors, "t80": T80, "t90": T90}}
-    return w.finish(name=schema.name, fp=fp, vocabs=vocabs, max_len=seq.max_len, schema=schema.to_dict(),
-                    content=content, extra=extra)
+    return write_chunks(out, schema=schema, fp=fp, chunks=chunks, content_raw=world.content_raw,
+                        shard_rows=shard_rows, extra={"generator": generator})
 
 
 def synthetic_schema() -> Schema:

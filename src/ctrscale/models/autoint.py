@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from ..batch import Batch, DataSpec
 from ..typed import checked
+from .attention import attention_function, merge_heads, split_heads
 from .fields import TokenInputConfig, TokenInputModel
 from .layers import MLP
 from .registry import register
@@ -46,10 +47,8 @@ class InteractingLayer(nn.Module):
         self.res = nn.Linear(d_in, width, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        split = lambda t: t.view(*t.shape[:-1], self.heads, -1).transpose(1, 2)  # noqa: E731  (B, H, T, d')
-        q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
-        p = torch.softmax(q @ k.transpose(-1, -2), -1)                            # (B, H, T, T)
-        out = (p @ v).transpose(1, 2).flatten(-2)                                 # (B, T, H * d')
+        q, k, v = (split_heads(proj(x), self.heads) for proj in (self.q, self.k, self.v))  # (B, H, T, d')
+        out = merge_heads(attention_function("dense")(q, k, v, scale=1.0))        # (B, T, H * d'), unscaled
         return torch.relu(out + self.res(x))
 
 
@@ -64,7 +63,7 @@ class AutoInt(TokenInputModel):
                                     for i in range(cfg.layers))
         self.head = MLP(n * width, cfg.head_hidden, 1, cfg.dropout)
 
-    def forward(self, batch: Batch) -> Tensor:
+    def score_pointwise(self, batch: Batch) -> Tensor:
         x = self.inputs(batch)                                      # (B, T, d)
         for layer in self.layers:
             x = layer(x)                                            # (B, T, heads * head_dim)

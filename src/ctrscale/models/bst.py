@@ -17,6 +17,8 @@ from torch import Tensor, nn
 
 from ..batch import Batch, DataSpec
 from ..typed import checked
+from .config import ModelConfig
+from .attention import attention_function, merge_heads, split_heads
 from .base import CTRModel
 from .layers import MLP, masked_mean, require_history
 from .tables import FeatureEmbedding
@@ -24,7 +26,7 @@ from .registry import register
 
 
 @dataclass
-class BSTConfig:
+class BSTConfig(ModelConfig):
     embed_dim: int = checked(8, ge=1)
     layers: int = checked(2, ge=1)
     heads: int = checked(2, ge=1)
@@ -44,11 +46,11 @@ class BSTLayer(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(dim, ffn_mult * dim), nn.LeakyReLU(), nn.Linear(ffn_mult * dim, dim))
 
     def forward(self, x: Tensor, valid: Tensor) -> Tensor:
-        q, k, v = (t.unflatten(-1, (self.heads, -1)).transpose(1, 2) for t in self.qkv(x).chunk(3, -1))
+        q, k, v = (split_heads(t, self.heads) for t in self.qkv(x).chunk(3, -1))       # (B, H, L + 1, Dh)
         n = x.shape[1]
         allowed = valid[:, None, None, :] | torch.eye(n, dtype=torch.bool, device=x.device)
-        att = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
-        x = self.norm1(x + F.dropout(self.out(att.transpose(1, 2).flatten(-2)), self.dropout, self.training))
+        att = merge_heads(attention_function("dense", "sdpa")(q, k, v, allowed))
+        x = self.norm1(x + F.dropout(self.out(att), self.dropout, self.training))
         return self.norm2(x + F.dropout(self.ffn(x), self.dropout, self.training))
 
 
@@ -66,7 +68,7 @@ class BST(CTRModel):
         head_in = 2 * dim + self.emb.side_width
         self.head = MLP(head_in, cfg.head_hidden, 1, cfg.dropout, activation=nn.LeakyReLU)
 
-    def forward(self, batch: Batch) -> Tensor:
+    def score_pointwise(self, batch: Batch) -> Tensor:
         hist = self.emb.hist(batch.hist).flatten(-2)                                # (B, L, D)
         target = self.emb.candidate_as_behavior(batch.sparse).flatten(-2)           # (B, D)
         dt = (batch.time[:, None] - batch.hist_time).clamp_min(1).double()

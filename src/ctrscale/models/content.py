@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from ..batch import DataSpec
+from .attention import masked_softmax
 
 
 class ContentTable(nn.Module):
@@ -64,7 +65,7 @@ def content_topk(vecs: Tensor, mask: Tensor, k: int, tau: float) -> tuple[Tensor
     keep = mask.unsqueeze(-2) & ~torch.eye(n, dtype=torch.bool, device=vecs.device)
     sim = sim.masked_fill(~keep, float("-inf"))
     val, idx = sim.topk(k, dim=-1)
-    w = torch.softmax(val / tau, -1).nan_to_num(0.0)              # rows with no usable neighbour -> 0
+    w = masked_softmax(val / tau, val > float("-inf"))           # rows with no usable neighbour -> 0
     w = w * mask.unsqueeze(-1)                                      # padded behaviors attend to nothing
     return idx, w
 

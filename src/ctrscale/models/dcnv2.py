@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ..batch import Batch, DataSpec
-from ..typed import check, checked
+from ..typed import checked
 from .fields import TokenInputConfig, TokenInputModel
 from .layers import MLP
 from .registry import register
@@ -34,9 +34,6 @@ class DCNv2Config(TokenInputConfig):
     head_hidden: tuple[int, ...] = checked((256, 64), ge=1)
     dropout: float = checked(0.0, ge=0, lt=1)
 
-    def __post_init__(self):
-        super().__post_init__()
-        check(self.structure, "structure", choices=STRUCTURES)
 
 
 class CrossLayer(nn.Module):
@@ -67,7 +64,7 @@ class DCNv2(TokenInputModel):
         head_in = width + deep_out if cfg.structure == "parallel" else deep_out
         self.head = MLP(head_in, cfg.head_hidden, 1, cfg.dropout)
 
-    def forward(self, batch: Batch) -> Tensor:
+    def score_pointwise(self, batch: Batch) -> Tensor:
         x0 = self.inputs(batch).flatten(1)                          # (B, (n_N + 2) * d)
         x = x0
         for layer in self.cross:

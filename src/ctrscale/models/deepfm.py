@@ -36,7 +36,7 @@ class DeepFM(TokenInputModel):
         self.linear = LinearTerm(spec)
         self.deep = MLP(n * cfg.dim, cfg.hidden, 1, cfg.dropout)
 
-    def forward(self, batch: Batch) -> Tensor:
+    def score_pointwise(self, batch: Batch) -> Tensor:
         e = self.inputs(batch)                                                      # (B, T, d)
         fm = 0.5 * (e.sum(1).square() - e.square().sum(1)).sum(-1)
         return self.linear(batch) + fm + self.deep(e.flatten(1)).squeeze(-1)

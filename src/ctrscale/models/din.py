@@ -8,14 +8,16 @@ from torch import Tensor
 
 from ..batch import Batch, DataSpec
 from ..typed import checked
+from .config import ModelConfig
 from .base import CTRModel
-from .layers import MLP, TargetAttention
+from .attention import TargetAttention
+from .layers import MLP
 from .tables import FeatureEmbedding
 from .registry import register
 
 
 @dataclass
-class DINConfig:
+class DINConfig(ModelConfig):
     embed_dim: int = checked(16, ge=1)
     hidden: tuple[int, ...] = checked((200, 80), ge=1)
     attention_hidden: tuple[int, ...] = checked((80, 40), ge=1)
@@ -33,7 +35,7 @@ class DIN(CTRModel):
         self.attention = TargetAttention(d_hist, cfg.attention_hidden, cfg.attention_softmax)
         self.head = MLP(self.emb.out_flat + d_hist, cfg.hidden, 1, cfg.dropout)
 
-    def forward(self, batch: Batch) -> Tensor:
+    def score_pointwise(self, batch: Batch) -> Tensor:
         keys = self.emb.hist(batch.hist).flatten(-2)                       # (B, L, D)
         query = self.emb.candidate_as_behavior(batch.sparse).flatten(-2)   # (B, D)
         interest = self.attention(query, keys, batch.hist_mask)            # (B, D)

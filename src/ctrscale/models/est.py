@@ -23,7 +23,6 @@ For the analysis it can record its attention maps and mask any of the four block
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -31,10 +30,11 @@ import torch
 from torch import Tensor, nn
 
 from ..batch import Batch, DataSpec
-from ..typed import check, check_heads, checked
-from .attention import RMSNorm, SwiGLU
+from ..typed import check_heads, checked
+from .attention import attention_function, attention_weights, merge_heads, split_heads
+from .base import UserState
 from .content import content_topk, csa_apply
-from .layers import MLP, TokenLinear, TokenSwiGLU, masked_softmax
+from .layers import MLP, RMSNorm, SwiGLU, TokenLinear, TokenSwiGLU
 from .registry import register
 from .tokens import UnifiedInputConfig, UnifiedInputModel, UnifiedInputs, need_candidate_sequence
 
@@ -57,24 +57,12 @@ class ESTConfig(UnifiedInputConfig):
     dropout: float = checked(0.0, ge=0, lt=1)
 
     def __post_init__(self):
-        check(self.attention, "attention", choices=ATTENTIONS)
+        super().__post_init__()
         check_heads(self.dim, self.heads)
 
-
-def lca(q: Tensor, k_u: Tensor, v_u: Tensor, mask_u: Tensor, k_c: Tensor, v_c: Tensor, mask_c: Tensor) -> Tensor:
-    """Cross-attention of C candidates' N tokens over [R_u ; R_c], one softmax over both key sets.
-    q (R, C, n, H, e); k_u, v_u (R, Lu, H, e) shared by the C candidates (never copied per candidate);
-    k_c, v_c (R, C, K, H, e); masks (R, Lu), (R, C, K) -> (R, C, n, H, e). Rows with no valid key give 0.
-    The two score blocks are never concatenated: a joint max and normaliser, in place (the score tensors are
-    the big ones when many candidates share a long R_u)."""
-    q = q * (1.0 / math.sqrt(q.shape[-1]))
-    s_u = torch.einsum("rcnhe,rlhe->rchnl", q, k_u).masked_fill_(~mask_u[:, None, None, None, :], float("-inf"))
-    s_c = torch.einsum("rcnhe,rckhe->rchnk", q, k_c).masked_fill_(~mask_c[:, :, None, None, :], float("-inf"))
-    with torch.no_grad():  # any constant per row gives the same softmax; finite even for rows with no key
-        m = torch.maximum(s_u.amax(-1, keepdim=True), s_c.amax(-1, keepdim=True)).clamp_min_(-1e30)
-    p_u, p_c = s_u.sub_(m).exp_(), s_c.sub_(m).exp_()
-    z = (p_u.sum(-1) + p_c.sum(-1)).clamp_min(1e-30).transpose(-1, -2).unsqueeze(-1)          # (R, C, n, H, 1)
-    return (torch.einsum("rchnl,rlhe->rcnhe", p_u, v_u) + torch.einsum("rchnk,rckhe->rcnhe", p_c, v_c)) / z
+    def inactive(self) -> dict[str, str]:
+        csa = ("csa_k", "csa_tau", "csa_value")
+        return {} if self.attention == "est" else dict.fromkeys(csa, "with attention est (CSA)")
 
 
 class CSAPattern(NamedTuple):
@@ -99,7 +87,7 @@ class ESTLayer(nn.Module):
         self.ffn_s = SwiGLU(d, cfg.ffn_mult)
 
     def _split(self, x: Tensor) -> Tensor:  # (..., d) -> (..., H, e)
-        return x.view(*x.shape[:-1], self.heads, -1)
+        return split_heads(x, self.heads, dim=-2)
 
     def _behaviors_rest(self, s: Tensor, s_norm: Tensor, pattern: CSAPattern | None) -> Tensor:
         """The behavior side after attention: CSA within the sequence, then the shared FFN."""
@@ -119,7 +107,7 @@ class ESTLayer(nn.Module):
         """n_tok (R, C, n, d), s_c (R, C, K, d) with R_u's cached K/V -> next n_tok, s_c."""
         nn_, sn = self.norm_n(n_tok), self.norm_s(s_c)
         k_c, v_c = [self._split(t) for t in self.kv(sn).chunk(2, -1)]
-        att = lca(self._split(self.q(nn_)), *user_kv, mask_u, k_c, v_c, mask_c)       # (R, C, n, H, e)
+        att = attention_function("lca")(self._split(self.q(nn_)), *user_kv, mask_u, k_c, v_c, mask_c)  # (R, C, n, H, e)
         n_tok = n_tok + self.o(att.flatten(-2))
         n_tok = n_tok + self.ffn_n(self.ffn_norm_n(n_tok))
         return n_tok, self._behaviors_rest(s_c, sn, pattern)
@@ -128,14 +116,17 @@ class ESTLayer(nn.Module):
         """Full-Attention over [N ; S]: n_tok (B, n, d), s (B, L, d), mask_s (B, L)."""
         n = n_tok.shape[1]
         nn_, sn = self.norm_n(n_tok), self.norm_s(s)
-        q = self._split(torch.cat([self.q(nn_), self.q_s(sn)], 1)).transpose(1, 2)               # (B, H, T, e)
-        k, v = [self._split(t).transpose(1, 2) for t in self.kv(torch.cat([nn_, sn], 1)).chunk(2, -1)]
+        q = split_heads(torch.cat([self.q(nn_), self.q_s(sn)], 1), self.heads)                    # (B, H, T, e)
+        k, v = [split_heads(t, self.heads) for t in self.kv(torch.cat([nn_, sn], 1)).chunk(2, -1)]
         key_ok = torch.cat([mask_s.new_ones(mask_s.shape[0], n), mask_s], 1)                      # (B, T)
         allowed = key_ok[:, None, None, :] & block_mask(n, s.shape[1], masked, s.device)
-        p = masked_softmax((q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1]), allowed)          # (B, H, T, T)
-        if log is not None:
+        if log is None:
+            out = attention_function("dense")(q, k, v, allowed)
+        else:  # the analysis reads the attention maps
+            p = attention_weights(q, k, allowed)                                                 # (B, H, T, T)
             log.append(p.detach())
-        out = (p @ v).transpose(1, 2).flatten(-2)                                                # (B, T, d)
+            out = p @ v
+        out = merge_heads(out)                                                                   # (B, T, d)
         n_tok = n_tok + self.o(out[:, :n])
         s = s + self.o_s(out[:, n:])
         n_tok = n_tok + self.ffn_n(self.ffn_norm_n(n_tok))
@@ -152,14 +143,6 @@ def block_mask(n: int, length: int, masked: frozenset, device) -> Tensor:
         qk, kk = ("NS".index(b[0]), "NS".index(b[-1]))
         allowed &= ~((q_kind == qk) & (k_kind == kk))
     return allowed
-
-
-class _UserState(NamedTuple):
-    kv: list            # per layer (k_u, v_u), each (R, Lu, H, e)
-    mask: Tensor        # (R, Lu)
-    content: Tensor     # (R, Lu, Dc) behavior content vectors (for SimTier)
-    pooled_sum: Tensor  # (R, d) sum of R_u's final states over valid behaviors
-    count: Tensor       # (R,)
 
 
 @register("est", ESTConfig, "EST: lightweight cross-attention + content sparse attention over unified tokens")
@@ -183,9 +166,9 @@ class EST(UnifiedInputModel):
         return self.head(torch.cat([n_tok.flatten(-2), pooled], -1)).squeeze(-1)
 
     # --- request scoring: R_u once per request, then any number of candidates -------------------------------
-    def encode_user(self, context: Batch):
+    def encode_user(self, context: Batch) -> UserState:
         if self.cfg.attention == "full":
-            return context
+            return super().encode_user(context)
         mask = context.hist_mask
         s_u = self.inputs.user_tokens(context.hist)                                       # (R, Lu, d)
         vecs = self.inputs.content.of_behaviors(context.hist)                             # (R, Lu, Dc)
@@ -194,42 +177,43 @@ class EST(UnifiedInputModel):
         for layer in self.layers:
             pair, s_u = layer.user_side(s_u, pattern)
             kv.append(pair)
-        pooled = (s_u * mask.unsqueeze(-1)).sum(1)
-        return _UserState(kv, mask, vecs, pooled, mask.sum(1))
+        return UserState(context, kv, history=s_u)
 
-    def score_candidates(self, state, cand_sparse: Tensor, cand_dense: Tensor, cand_hist: Tensor | None = None,
-                         cand_hist_time: Tensor | None = None) -> Tensor:
+    def score_candidates(self, state: UserState, cand_sparse: Tensor, cand_dense: Tensor,
+                         cand_hist: Tensor | None = None, cand_hist_time: Tensor | None = None) -> Tensor:
         if self.cfg.attention == "full":
             return super().score_candidates(state, cand_sparse, cand_dense, cand_hist, cand_hist_time)
         need_candidate_sequence(cand_hist)
+        mask = state.context.hist_mask
+        vecs = self.inputs.content.of_behaviors(state.context.hist)                       # (R, Lu, Dc)
+        pooled_sum = (state.history * mask.unsqueeze(-1)).sum(1)                          # (R, d) over valid R_u
         # Candidates in chunks whose LCA scores stay within SCORE_BUDGET floats (cache-sized passes).
         r, c = cand_sparse.shape[:2]
-        per_candidate = r * self.cfg.heads * self.n_tokens * (state.mask.shape[1] + cand_hist.shape[-2])
+        per_candidate = r * self.cfg.heads * self.n_tokens * (mask.shape[1] + cand_hist.shape[-2])
         step = max(1, SCORE_BUDGET // per_candidate)
-        return torch.cat([self._score_chunk(state, cand_sparse[:, a:a + step], cand_dense[:, a:a + step],
-                                            cand_hist[:, a:a + step], cand_hist_time[:, a:a + step])
+        return torch.cat([self._score_chunk(state, vecs, pooled_sum, cand_sparse[:, a:a + step],
+                                            cand_dense[:, a:a + step], cand_hist[:, a:a + step],
+                                            cand_hist_time[:, a:a + step])
                           for a in range(0, c, step)], 1)
 
-    def _score_chunk(self, state: _UserState, cand_sparse, cand_dense, cand_hist, cand_hist_time) -> Tensor:
+    def _score_chunk(self, state: UserState, vecs: Tensor, pooled_sum: Tensor, cand_sparse, cand_dense, cand_hist,
+                     cand_hist_time) -> Tensor:
         mask_c = cand_hist_time > 0                                                       # (R, C, K)
         cvecs = self.inputs.content.of_behaviors(cand_hist)                               # (R, C, K, Dc)
-        n_tok = self.inputs.non_behavioral(cand_sparse, cand_dense, state.content.unsqueeze(1),
-                                           state.mask.unsqueeze(1), cvecs, mask_c)         # R_u broadcast over C
+        mask = state.context.hist_mask
+        n_tok = self.inputs.non_behavioral(cand_sparse, cand_dense, vecs.unsqueeze(1), mask.unsqueeze(1), cvecs,
+                                           mask_c)                                         # R_u broadcast over C
         s_c = self.inputs.cand_tokens(cand_hist)
         pattern = self._pattern(cvecs, mask_c)
-        for layer, kv in zip(self.layers, state.kv):
-            n_tok, s_c = layer.candidate_side(n_tok, s_c, kv, state.mask, mask_c, pattern)
-        total = state.pooled_sum.unsqueeze(1) + (s_c * mask_c.unsqueeze(-1)).sum(-2)      # (R, C, d)
-        count = state.count.unsqueeze(1) + mask_c.sum(-1)
+        for layer, kv in zip(self.layers, state.caches):
+            n_tok, s_c = layer.candidate_side(n_tok, s_c, kv, mask, mask_c, pattern)
+        total = pooled_sum.unsqueeze(1) + (s_c * mask_c.unsqueeze(-1)).sum(-2)            # (R, C, d)
+        count = mask.sum(1, keepdim=True) + mask_c.sum(-1)
         return self._predict(n_tok, total / count.clamp_min(1).unsqueeze(-1))
 
-    # --- pointwise -------------------------------------------------------------------------------------------
-    def forward(self, batch: Batch) -> Tensor:
+    # --- Full-Attention: no user-side reuse ------------------------------------------------------------------
+    def score_pointwise(self, batch: Batch) -> Tensor:
         need_candidate_sequence(batch.cand_hist)
-        if self.cfg.attention != "full":  # one candidate per request: the request path itself
-            one = lambda t: t.unsqueeze(1)  # noqa: E731
-            return self.score_candidates(self.encode_user(batch), one(batch.sparse), one(batch.dense),
-                                         one(batch.cand_hist), one(batch.cand_hist_time)).squeeze(1)
         n_tok, s_u, s_c = self.inputs.of_batch(batch)
         s, mask_s = torch.cat([s_u, s_c], 1), torch.cat([batch.hist_mask, batch.cand_hist_mask], 1)
         for layer in self.layers:

@@ -30,7 +30,9 @@ import torch
 from torch import Tensor, nn
 
 from ..batch import Batch, DataSpec
-from ..typed import ConfigError, check, check_heads, checked
+from ..typed import ConfigError, check_heads, checked
+from .config import ModelConfig
+from .attention import merge_heads, split_heads
 from .base import CTRModel
 from .fields import FieldTokens
 from .layers import MLP
@@ -41,7 +43,7 @@ ALPHAS = ("shared", "per_head", "none")
 
 
 @dataclass
-class FATConfig:
+class FATConfig(ModelConfig):
     embed_dim: int = checked(16, ge=1)
     dim: int = checked(64, ge=1)                # token width d
     numeric_buckets: int = checked(16, ge=2)
@@ -59,11 +61,14 @@ class FATConfig:
     dropout: float = checked(0.0, ge=0, lt=1)
 
     def __post_init__(self):
-        check(self.projections, "projections", choices=PROJECTIONS)
-        check(self.alpha, "alpha", choices=ALPHAS)
+        super().__post_init__()
         check_heads(self.dim, self.heads)
         if not 1 <= self.top_k <= self.bases:
             raise ConfigError(f"top_k: must be in [1, bases={self.bases}], got {self.top_k}")
+
+    def inactive(self) -> dict[str, str]:
+        hyper = ("bases", "meta_dim", "top_k", "router_hidden")
+        return {} if self.projections == "hyper" else dict.fromkeys(hyper, "with projections hyper")
 
 
 def route(logits: Tensor, k: int) -> Tensor:
@@ -145,20 +150,18 @@ class FieldAttention(nn.Module):
         """(B, H, F, F) pre-softmax scores, alpha applied."""
         dh = q.shape[-1] // self.heads
         if q.dim() == 4:                                                   # pair: (B, F, F, d)
-            qk = (q * k).unflatten(-1, (self.heads, dh)).sum(-1).permute(0, 3, 1, 2)
+            qk = split_heads(q * k, self.heads, dim=-2).sum(-1).permute(0, 3, 1, 2)
         else:
-            split = lambda t: t.unflatten(-1, (self.heads, dh)).transpose(1, 2)  # noqa: E731  (B, H, F, dh)
-            qk = split(q) @ split(k).transpose(-1, -2)
+            qk = split_heads(q, self.heads) @ split_heads(k, self.heads).transpose(-1, -2)
         return self.alpha * qk / math.sqrt(dh)
 
     def forward(self, h: Tensor, meta: Tensor) -> Tensor:
         q, k, v = self.proj(h, meta)
         p = self.scores(q, k).softmax(-1)                                 # (B, H, F, F)
-        dh = v.shape[-1] // self.heads
         if v.dim() == 4:                                                   # pair: v (B, F_q, F_k, d)
-            out = torch.einsum("bhij,bijhe->bihe", p, v.unflatten(-1, (self.heads, dh))).flatten(-2)
+            out = merge_heads(torch.einsum("bhij,bijhe->bihe", p, split_heads(v, self.heads, dim=-2)), dim=-2)
         else:
-            out = (p @ v.unflatten(-1, (self.heads, dh)).transpose(1, 2)).transpose(1, 2).flatten(-2)
+            out = merge_heads(p @ split_heads(v, self.heads))
         return self.out(out)
 
 
@@ -192,7 +195,7 @@ class FAT(CTRModel):
     def field_names(self) -> list[str]:
         return self.tokens.names
 
-    def forward(self, batch: Batch) -> Tensor:
+    def score_pointwise(self, batch: Batch) -> Tensor:
         z = self.tokens(batch)                                       # (B, F, d)
         if self.field_bias is not None:
             z = z + self.field_bias

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from ..batch import Batch, DataSpec
 from ..typed import checked
+from .config import ModelConfig
 from .base import CTRModel
 from .layers import masked_mean
 from .tables import FeatureEmbedding
@@ -22,7 +23,7 @@ from .registry import register
 
 
 @dataclass
-class FFMConfig:
+class FFMConfig(ModelConfig):
     latent_dim: int = checked(4, ge=1)  # k, per (feature, field) pair
 
 
@@ -65,7 +66,7 @@ class FFM(CTRModel):
         self.latent = FieldValues(spec, n * cfg.latent_dim)
         self.register_buffer("upper", torch.ones(n, n).triu(1).bool(), persistent=False)
 
-    def forward(self, batch: Batch) -> Tensor:
+    def score_pointwise(self, batch: Batch) -> Tensor:
         v = self.latent(batch)                                                      # (B, T, T * k)
         v = v.unflatten(-1, (v.shape[1], self.cfg.latent_dim))                      # v[:, i, j]: i's vector for j
         pair = (v * v.transpose(1, 2)).sum(-1)                                      # (B, T, T): <v_ij, v_ji>

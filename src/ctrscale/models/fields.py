@@ -18,8 +18,9 @@ import torch
 from torch import Tensor, nn
 
 from ..batch import DataNeeds, Batch, DataSpec
-from ..typed import ConfigError, checked
-from .layers import TargetAttention, TokenLinear
+from ..typed import checked
+from .attention import TargetAttention
+from .layers import TokenLinear
 from .tables import EmbeddingTable, FeatureEmbedding
 from .tokens import PooledInputs, UnifiedInputConfig, UnifiedInputModel
 
@@ -90,12 +91,15 @@ class FieldTokens(nn.Module):
 class TokenInputConfig(UnifiedInputConfig):
     """Inputs of the hierarchical baselines: the EST paper's pooled unified tokens or the FAT paper's field tokens.
     (cand_seq_* and simtier_bins apply to "pooled" only; numeric_buckets to "fields" only.)"""
-    inputs: str = "pooled"
+    inputs: str = checked("pooled", choices=INPUTS)
     numeric_buckets: int = checked(16, ge=2)
 
-    def __post_init__(self):
-        if self.inputs not in INPUTS:
-            raise ConfigError(f"inputs must be one of {INPUTS}, got {self.inputs!r}")
+    def inactive(self) -> dict[str, str]:
+        out = {} if self.inputs == "pooled" else dict.fromkeys(
+            ("simtier_bins", "cand_seq_len", "cand_seq_by", "cand_seq_source_len"), "with inputs pooled")
+        if self.inputs != "fields":
+            out["numeric_buckets"] = "with inputs fields"
+        return out
 
 
 class TokenInputModel(UnifiedInputModel):

@@ -13,16 +13,15 @@ query/key projections over all tokens is not built here: the EST paper names the
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from torch import Tensor, nn
 
 from ..batch import Batch, DataSpec
 from ..typed import check_heads, checked
-from .attention import RMSNorm
+from .attention import attention_function, merge_heads, split_heads
 from .fields import TokenInputConfig, TokenInputModel
-from .layers import MLP, TokenLinear, TokenSwiGLU
+from .layers import MLP, RMSNorm, TokenLinear, TokenSwiGLU
 from .registry import register
 
 
@@ -49,9 +48,8 @@ class HeterogeneousAttention(nn.Module):
         self.o = TokenLinear(n_tokens, dim, dim, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        q, k, v = [t.view(*t.shape[:-1], self.heads, -1).transpose(1, 2) for t in self.qkv(x).chunk(3, -1)]
-        p = ((q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])).softmax(-1)   # (B, H, T, T)
-        return self.o((p @ v).transpose(1, 2).flatten(-2))                     # (B, T, d)
+        q, k, v = (split_heads(t, self.heads) for t in self.qkv(x).chunk(3, -1))   # (B, H, T, d / H)
+        return self.o(merge_heads(attention_function("dense")(q, k, v)))         # (B, T, d)
 
 
 class HiFormerLayer(nn.Module):
@@ -76,7 +74,7 @@ class HiFormer(TokenInputModel):
         self.norm = RMSNorm(cfg.dim)
         self.head = MLP(n * cfg.dim, cfg.head_hidden, 1, cfg.dropout)
 
-    def forward(self, batch: Batch) -> Tensor:
+    def score_pointwise(self, batch: Batch) -> Tensor:
         x = self.inputs(batch)                                      # (B, T, d)
         for layer in self.layers:
             x = layer(x)

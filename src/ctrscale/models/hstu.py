@@ -18,27 +18,22 @@ from torch import Tensor, nn
 
 from ..batch import Batch, DataSpec
 from ..typed import checked
-from .attention import TimePositionBias
-from .base import CTRModel
+from .config import ModelConfig
+from .attention import TimePositionBias, attention_function, merge_heads, split_heads
+from .base import CTRModel, UserState
 from .layers import MLP, require_history
 from .tables import FeatureEmbedding
 from .registry import register
 
 
 @dataclass
-class HSTUConfig:
+class HSTUConfig(ModelConfig):
     embed_dim: int = checked(8, ge=1)
     layers: int = checked(2, ge=1)
     heads: int = checked(2, ge=1)
     head_hidden: tuple[int, ...] = checked((1024, 512, 256), ge=1)
     dropout: float = checked(0.0, ge=0, lt=1)
     max_pos: int = checked(2048, ge=1)
-
-
-def pointwise_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, bias: Tensor | float) -> Tensor:
-    """SiLU-weighted (not softmax) aggregation, normalised by the number of allowed keys per query."""
-    w = F.silu(q @ k.transpose(-1, -2) + bias) * allowed
-    return (w @ v) / allowed.sum(-1, keepdim=True).clamp_min(1)
 
 
 class HSTULayer(nn.Module):
@@ -52,15 +47,12 @@ class HSTULayer(nn.Module):
         self.out = nn.Linear(dim, dim)
         self.bias = TimePositionBias(max_pos)
 
-    def _h(self, x: Tensor) -> Tensor:
-        return x.unflatten(-1, (self.heads, -1)).transpose(1, 2)
-
     def _project(self, x: Tensor):
         u, v, q, k = F.silu(self.uvqk(self.norm_in(x))).chunk(4, -1)
-        return u, self._h(v), self._h(q), self._h(k)
+        return u, *(split_heads(t, self.heads) for t in (v, q, k))
 
     def _finish(self, x: Tensor, att: Tensor, u: Tensor) -> Tensor:
-        return x + self.out(self.norm_att(att.transpose(1, 2).flatten(-2)) * u)
+        return x + self.out(self.norm_att(merge_heads(att)) * u)
 
     def history(self, x: Tensor, times: Tensor, valid: Tensor):
         u, v, q, k = self._project(x)
@@ -68,20 +60,12 @@ class HSTULayer(nn.Module):
         pos = torch.arange(n, device=x.device)
         allowed = (pos[:, None] >= pos[None, :]) & valid[:, None, None, :]
         bias = self.bias(times[:, :, None], times[:, None, :], pos[:, None] - pos[None, :]).unsqueeze(1)
-        return self._finish(x, pointwise_attention(q, k, v, allowed, bias), u), (k, v)
+        return self._finish(x, attention_function("pointwise")(q, k, v, allowed, bias), u), (k, v)
 
     def candidates(self, x: Tensor, cache, t_cand: Tensor, times: Tensor, valid: Tensor) -> Tensor:
         kh, vh = cache
         u, v, q, k = self._project(x)                                           # q: (B, H, C, Dh)
-        n = kh.shape[2]
-        rel = n - torch.arange(n, device=x.device)
-        b_h = self.bias(t_cand[:, None, None], times[:, None, :], rel[None, None, :]).unsqueeze(1)  # (B,1,1,L)
-        zero = torch.zeros(1, dtype=torch.long, device=x.device)
-        b_s = self.bias(t_cand[:, None, None], t_cand[:, None, None], zero).unsqueeze(1)            # (B,1,1,1)
-        w_h = F.silu(q @ kh.transpose(-1, -2) + b_h) * valid[:, None, None, :]
-        w_s = F.silu((q * k).sum(-1, keepdim=True) + b_s)
-        count = valid.sum(-1).add(1).view(-1, 1, 1, 1)
-        att = (w_h @ vh + w_s * v) / count
+        att = attention_function("pointwise_candidates")(q, k, v, kh, vh, t_cand, times, valid, self.bias)
         return self._finish(x, att, u)
 
 
@@ -97,28 +81,24 @@ class HSTU(CTRModel):
         self.final_norm = nn.LayerNorm(dim)
         self.head = MLP(dim + self.emb.side_width, cfg.head_hidden, 1, cfg.dropout)
 
-    def encode_user(self, context: Batch):
+    def encode_user(self, context: Batch) -> UserState:
         x = self.emb.hist(context.hist).flatten(-2)
         caches = []
         for layer in self.layers:
             x, cache = layer.history(x, context.hist_time, context.hist_mask)
             caches.append(cache)
-        profile = self.emb.profile(context.sparse).flatten(-2)
-        return caches, context.hist_time, context.hist_mask, context.time, profile
+        return UserState(context, caches, profile=self.emb.profile(context.sparse).flatten(-2))
 
-    def score_candidates(self, state, cand_sparse: Tensor, cand_dense: Tensor, cand_hist=None,
+    def score_candidates(self, state: UserState, cand_sparse: Tensor, cand_dense: Tensor, cand_hist=None,
                          cand_hist_time=None) -> Tensor:  # R_c unused
-        caches, times, valid, t_cand, profile = state
+        ctx = state.context
         r, c = cand_sparse.shape[:2]
         x = self.emb.candidate_as_behavior(cand_sparse).flatten(-2)               # (R, C, D)
-        for layer, cache in zip(self.layers, caches):
-            x = layer.candidates(x, cache, t_cand, times, valid)
-        feats = [self.final_norm(x), profile.unsqueeze(1).expand(r, c, -1),
+        for layer, cache in zip(self.layers, state.caches):
+            x = layer.candidates(x, cache, ctx.time, ctx.hist_time, ctx.hist_mask)
+        feats = [self.final_norm(x), state.profile.unsqueeze(1).expand(r, c, -1),
                  self.emb.other_flat(cand_sparse, cand_dense)]
         return self.head(torch.cat(feats, -1)).squeeze(-1)
-
-    def forward(self, batch: Batch) -> Tensor:
-        return self.score_candidates(self.encode_user(batch), batch.sparse[:, None], batch.dense[:, None])[:, 0]
 
 
 register("hstu", HSTUConfig, "HSTU: pointwise (SiLU) aggregated attention with time/position bias")(HSTU)

@@ -1,7 +1,9 @@
-"""Layers shared by the models: MLPs, masked pooling, target attention (embedding tables: tables.py)."""
+"""Layers shared by the models: MLPs, norms, feed-forward networks, masked pooling, per-token maps (attention:
+attention/, embedding tables: tables.py)."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..batch import DataSpec
@@ -44,45 +46,40 @@ def masked_mean(x: Tensor, mask: Tensor, dim: int) -> Tensor:
     return (x * m).sum(dim) / m.sum(dim).clamp_min(1.0)
 
 
-def masked_softmax(scores: Tensor, mask: Tensor, dim: int = -1) -> Tensor:
-    """Softmax over valid positions; all-masked rows give all-zero weights instead of NaN."""
-    scores = scores.masked_fill(~mask, float("-inf"))
-    w = torch.softmax(scores, dim)
-    return torch.nan_to_num(w, nan=0.0)
-
-
-class TargetAttention(nn.Module):
-    """DIN's local activation unit: weight each behavior by an MLP of [q, k, q - k, q * k] and sum.
-    Weights are not normalised by default (the DIN paper keeps the intensity of interest); softmax optional.
-
-    The fast path never builds the (B, L, 4D) concatenation: the first layer W [q, k, q-k, q*k] equals
-    (W_q + W_d) q + (W_k - W_d + diag(q) W_p) k, one per-sample (D, H) matrix applied to the keys, a quarter
-    of the reference's multiply-adds. `reference()` keeps the literal form; a test holds them equal."""
-
-    def __init__(self, dim: int, hidden: tuple[int, ...] = (80, 40), softmax: bool = False):
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__()
-        self.mlp = MLP(4 * dim, hidden, 1)
-        self.softmax, self.dim = softmax, dim
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
 
-    def _pool(self, w: Tensor, keys: Tensor, mask: Tensor) -> Tensor:
-        w = masked_softmax(w, mask) if self.softmax else w * mask
-        return torch.einsum("bl,bld->bd", w, keys)
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
 
-    def reference(self, q: Tensor, keys: Tensor, mask: Tensor) -> Tensor:
-        qe = q.unsqueeze(1).expand_as(keys)
-        w = self.mlp(torch.cat([qe, keys, qe - keys, qe * keys], -1)).squeeze(-1)  # (B, L)
-        return self._pool(w, keys, mask)
 
-    def forward(self, q: Tensor, keys: Tensor, mask: Tensor) -> Tensor:
-        # q (B, D), keys (B, L, D), mask (B, L) -> (B, D)
-        first = self.mlp[0]
-        wq, wk, wd, wp = first.weight.split(self.dim, dim=1)             # each (H, D)
-        per_sample = (wk - wd).t() + q.unsqueeze(-1) * wp.t()              # (B, D, H)
-        h = torch.bmm(keys, per_sample) + (q @ (wq + wd).t() + first.bias).unsqueeze(1)  # (B, L, H)
-        for layer in list(self.mlp)[1:]:
-            h = layer(h)
-        w = h.squeeze(-1)                                                  # (B, L)
-        return self._pool(w, keys, mask)
+def make_norm(kind: str, dim: int) -> nn.Module:
+    if kind == "rms":
+        return RMSNorm(dim)
+    if kind == "layer":
+        return nn.LayerNorm(dim)
+    raise ValueError(f"norm must be 'rms' or 'layer', got {kind!r}")
+
+
+class SwiGLU(nn.Module):
+    """(SiLU(x W1) * x W2) W3, hidden width `mult` * dim."""
+
+    def __init__(self, dim: int, mult: int = 3):
+        super().__init__()
+        self.w1 = nn.Linear(dim, mult * dim, bias=False)
+        self.w2 = nn.Linear(dim, mult * dim, bias=False)
+        self.w3 = nn.Linear(mult * dim, dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.w3(F.silu(self.w1(x)) * self.w2(x))
+
+
+class ReluFFN(nn.Sequential):
+    def __init__(self, dim: int, mult: int = 3):
+        super().__init__(nn.Linear(dim, mult * dim), nn.ReLU(), nn.Linear(mult * dim, dim))
 
 
 class TokenLinear(nn.Module):
@@ -109,4 +106,4 @@ class TokenSwiGLU(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         a, b = self.w12(x).chunk(2, -1)
-        return self.w3(nn.functional.silu(a) * b)
+        return self.w3(F.silu(a) * b)

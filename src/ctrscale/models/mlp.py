@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from ..batch import Batch, DataSpec
-from ..typed import ConfigError, checked
+from ..typed import checked
 from .fields import INPUTS, TokenInputConfig, TokenInputModel
 from .layers import MLP, masked_mean
 from .tables import FeatureEmbedding
@@ -24,13 +24,14 @@ from .registry import register
 
 @dataclass
 class MLPConfig(TokenInputConfig):
-    inputs: str = "plain"         # plain (embeddings + mean history) | pooled | fields (token inputs, flattened)
+    inputs: str = checked("plain", choices=("plain", *INPUTS))  # plain (embeddings + mean history) | pooled |
+                                                                # fields (token inputs, flattened)
     hidden: tuple[int, ...] = checked((200, 80), ge=1)
     dropout: float = checked(0.0, ge=0, lt=1)
 
-    def __post_init__(self):
-        if self.inputs not in ("plain", *INPUTS):
-            raise ConfigError(f"inputs must be one of {('plain', *INPUTS)}, got {self.inputs!r}")
+    def inactive(self) -> dict[str, str]:
+        return {**super().inactive(), "dim": "with token inputs (pooled or fields)"} if self.inputs == "plain" \
+            else super().inactive()
 
 
 @register("mlp", MLPConfig, "Embedding + MLP over all fields and the mean-pooled history (or over token inputs)")
@@ -46,7 +47,7 @@ class EmbeddingMLP(TokenInputModel):
             d_in = self.build_inputs(spec, cfg) * cfg.dim
         self.head = MLP(d_in, cfg.hidden, 1, cfg.dropout)
 
-    def forward(self, batch: Batch) -> Tensor:
+    def score_pointwise(self, batch: Batch) -> Tensor:
         if not self.plain:
             return self.head(self.inputs(batch).flatten(1)).squeeze(-1)       # (B, T * d) -> (B,)
         hist = self.emb.hist(batch.hist).flatten(-2)               # (B, L, F_hist * d)

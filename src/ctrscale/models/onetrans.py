@@ -13,16 +13,15 @@ cross-request KV cache; request scoring re-encodes the history per candidate (CT
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from ..batch import Batch, DataSpec
-from ..typed import check, check_heads, checked
-from .attention import RMSNorm, SwiGLU
-from .layers import MLP, TargetAttention, TokenLinear, TokenSwiGLU, masked_mean, masked_softmax
+from ..typed import check_heads, checked
+from .attention import TargetAttention, attention_function, merge_heads, split_heads
+from .layers import MLP, RMSNorm, SwiGLU, TokenLinear, TokenSwiGLU, masked_mean
 from .registry import register
 from .tokens import UnifiedInputConfig, UnifiedInputModel, UnifiedInputs
 
@@ -40,8 +39,11 @@ class OneTransConfig(UnifiedInputConfig):
     dropout: float = checked(0.0, ge=0, lt=1)
 
     def __post_init__(self):
-        check(self.candidate_sequence, "candidate_sequence", choices=MODES)
+        super().__post_init__()
         check_heads(self.dim, self.heads)
+
+    def inactive(self) -> dict[str, str]:
+        return {} if self.candidate_sequence == "din" else {"attention_hidden": "with candidate_sequence din"}
 
 
 class MixedLayer(nn.Module):
@@ -60,12 +62,11 @@ class MixedLayer(nn.Module):
         # s (B, L, d), ns (B, n, d), mask_s (B, L)
         b, length, n = s.shape[0], s.shape[1], ns.shape[1]
         qkv = torch.cat([self.qkv_s(self.norm_s(s)), self.qkv_ns(self.norm_ns(ns))], 1)        # (B, T, 3d)
-        q, k, v = (t.view(b, length + n, self.heads, -1).transpose(1, 2) for t in qkv.chunk(3, -1))
+        q, k, v = (split_heads(t, self.heads) for t in qkv.chunk(3, -1))                         # (B, H, T, e)
         pos = torch.arange(length + n, device=s.device)
         key_ok = torch.cat([mask_s, mask_s.new_ones(b, n)], 1)                                   # (B, T)
         allowed = (pos[:, None] >= pos[None, :]) & key_ok[:, None, None, :]                      # causal + padding
-        p = masked_softmax((q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1]), allowed)
-        out = (p @ v).transpose(1, 2).flatten(-2)                                                # (B, T, d)
+        out = merge_heads(attention_function("dense")(q, k, v, allowed))                         # (B, T, d)
         s, ns = s + self.o_s(out[:, :length]), ns + self.o_ns(out[:, length:])
         return s + self.ffn_s(self.ffn_norm_s(s)), ns + self.ffn_ns(self.ffn_norm_ns(ns))
 
@@ -82,7 +83,7 @@ class OneTrans(UnifiedInputModel):
         self.layers = nn.ModuleList(MixedLayer(n_ns, cfg) for _ in range(cfg.layers))
         self.head = MLP(n_ns * cfg.dim + cfg.dim, cfg.head_hidden, 1, cfg.dropout)
 
-    def forward(self, batch: Batch) -> Tensor:
+    def score_pointwise(self, batch: Batch) -> Tensor:
         ns, s_u, s_c = self.inputs.of_batch(batch)
         mask_u, mask_c = batch.hist_mask, batch.cand_hist_mask
         if self.cfg.candidate_sequence == "full":

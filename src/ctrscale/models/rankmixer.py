@@ -88,7 +88,7 @@ class RankMixer(TokenInputModel):
         self.blocks = nn.ModuleList(RankMixerBlock(n, cfg.dim, self.heads, cfg.ffn_mult) for _ in range(cfg.layers))
         self.head = MLP(cfg.dim, cfg.head_hidden, 1, cfg.dropout)
 
-    def forward(self, batch: Batch) -> Tensor:
+    def score_pointwise(self, batch: Batch) -> Tensor:
         x = self.inputs(batch)                                      # (B, T, d)
         for block in self.blocks:
             x = block(x)

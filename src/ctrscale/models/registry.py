@@ -1,14 +1,14 @@
 """Model name -> (config dataclass, class). `ctrscale ls` prints it; the contract tests run over all of it."""
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ..batch import DataSpec
-from ..typed import ConfigError, from_dict
+from ..typed import ConfigError
+from .config import ModelChoice, resolve
 
 _REGISTRY: dict[str, "Entry"] = {}
 
@@ -35,25 +35,21 @@ def entries() -> dict[str, Entry]:
     return dict(_REGISTRY)
 
 
-def get(name: str) -> Entry:
+def get(name: str, where: str = "model") -> Entry:
     all_ = entries()
     if name not in all_:
-        raise ConfigError(f"model.name: unknown model {name!r}; registered: {sorted(all_)} (see `ctrscale ls`)")
+        raise ConfigError(f"{where}.name: unknown model {name!r}; registered: {sorted(all_)} (see `ctrscale ls`)")
     return all_[name]
 
 
-def build_model(spec: DataSpec, model: dict, content: np.ndarray | None = None):
-    """Build from {'name': ..., **config}; a misspelled config key is an error naming the model.
+def build_model(spec: DataSpec, model: dict | ModelChoice, content: np.ndarray | None = None):
+    """Build from a resolved model section or {'name': ..., **config} (a misspelled key is an error naming it).
     content: the dataset's frozen item content table (rows = item ids), for the models that read it
     (`needs.content`); it becomes a buffer of the model, so a checkpoint serves without the dataset."""
-    model = dict(model)
-    name = model.pop("name", None)
-    if name is None:
-        raise ConfigError("model config needs a 'name'")
-    entry = get(name)
-    cfg = from_dict(entry.config, model, f"model {name}")
+    choice = resolve(model)
+    name = choice.name
     try:
-        built = entry.model(spec, cfg)
+        built = get(name).model(spec, choice.config)
     except ValueError as e:  # a setting that does not fit this dataset (heads not dividing its token width, ...)
         raise ConfigError(f"model {name} on dataset {spec.name!r}: {e}") from e
     if built.needs.content:
@@ -65,4 +61,5 @@ def build_model(spec: DataSpec, model: dict, content: np.ndarray | None = None):
 
 
 def default_config(name: str) -> dict:
-    return {"name": name, **dataclasses.asdict(get(name).config())}
+    """Every key of the model's config at its default, presets resolved (what a run's config.yaml saves)."""
+    return resolve({"name": name}).to_dict()

@@ -19,7 +19,8 @@ once and caches each layer's key sets; score_candidates then scores any number o
 candidates never see each other. forward() is that path with one candidate.
 
 Presets S1-S4 (SPARSITY) set (|P|, m, w); ablations A1-A4, B1-B4 (VARIANTS) and the alternatives of the
-paper's Figure 2 (ALTERNATIVES) are config switches. The kernels live in evo_attention.py.
+paper's Figure 2 (ALTERNATIVES) are config switches. The kernels live in attention/evo.py,
+the chunking in attention/chunks.py.
 """
 from __future__ import annotations
 
@@ -30,22 +31,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..batch import DataNeeds, Batch, DataSpec
-from ..typed import ConfigError, check, check_heads, checked
-from .attention import RMSNorm, SwiGLU
-from .base import CTRModel
-from .evo_attention import (
+from ..typed import ConfigError, check_heads, checked
+from .config import ModelConfig
+from .attention import (
     CHUNKINGS,
     ENCODINGS,
     Chunks,
     RelativeEncoding,
-    causal_full_attention,
-    causal_linear_attention,
+    attention_function,
     chunk_ids,
-    local_window_attention,
     make_chunks,
-    shared_key_attention,
+    merge_heads,
+    split_heads,
 )
-from .layers import MLP, require_history
+from .base import CTRModel, UserState
+from .layers import MLP, RMSNorm, SwiGLU, require_history
 from .tables import FeatureEmbedding
 from .registry import register
 
@@ -64,7 +64,7 @@ ATTENTIONS = ("evo", "full", "dilated", "linear")
 
 
 @dataclass
-class SparseCTRConfig:
+class SparseCTRConfig(ModelConfig):
     embed_dim: int = checked(32, ge=1)         # per field
     dim: int = checked(32, ge=1)               # token width d
     layers: int = checked(2, ge=1)
@@ -86,21 +86,41 @@ class SparseCTRConfig:
     rel_hour: bool = True            # B3: False
     rel_weekend: bool = True         # B4: False
 
+    PRESETS = {"sparsity": {k: {"chunks": p, "transition": m, "window": w} for k, (p, m, w) in SPARSITY.items()}}
+
     def __post_init__(self):
+        super().__post_init__()
         check_heads(self.dim, self.heads)
         self.resolved()
         self.branches()
 
     def resolved(self) -> tuple[int, int, int]:
-        check(self.sparsity, "sparsity", choices=("", *SPARSITY))
-        p, m, w = SPARSITY.get(self.sparsity, (None, None, None))
-        p, m, w = self.chunks or p, self.transition or m, self.window or w
-        if None in (p, m, w) or min(p, m, w) < 1:
+        """(|P|, m, w): each key as given, else from the sparsity preset (ModelConfig's one precedence rule)."""
+        p, m, w = self.chunks, self.transition, self.window
+        if None in (p, m, w):
             raise ConfigError("chunks, transition and window: set all three, or a sparsity preset")
         return p, m, w
 
+    def inactive(self) -> dict[str, str]:
+        branches = self.branches()
+        out = {}
+        if not ("global" in branches or ("transition" in branches and self.attention == "evo")):
+            out.update(dict.fromkeys(("chunks", "transition", "chunking"),
+                                     "with attention evo and its global or transition branch"))
+        if "local" not in branches:
+            out["window"] = "with the local branch"
+        if self.attention in ("full", "linear"):
+            out.update(dict.fromkeys(("global_branch", "transition_branch", "local_branch"),
+                                     "with attention evo or dilated"))
+        elif self.attention == "dilated":
+            out["global_branch"] = "with attention evo"
+        if self.attention != "dilated":
+            out["dilation"] = "with attention dilated"
+        if self.encoding != "reltemporal":
+            out.update(dict.fromkeys(("rel_time", "rel_hour", "rel_weekend"), "with encoding reltemporal"))
+        return out
+
     def branches(self) -> tuple[str, ...]:
-        check(self.attention, "attention", choices=ATTENTIONS)
         if self.attention in ("full", "linear"):
             return (self.attention,)
         on = {"global": self.global_branch and self.attention == "evo", "transition": self.transition_branch,
@@ -118,17 +138,9 @@ class _Sequence:
     valid: Tensor                # (R, L)
     times: Tensor                # (R, L)
     pos: Tensor                  # (L,)
-    request_time: Tensor         # (R,) the candidates' time
     chunks: Chunks | None
     trans_idx: Tensor | None     # (R, K) transition (or dilated) key positions
     trans_valid: Tensor | None   # (R, K)
-
-
-@dataclass
-class _State:
-    seq: _Sequence
-    caches: list                 # per layer: branch -> key set for candidates
-    profile: Tensor              # (R, n_user * e)
 
 
 class EvoAttention(nn.Module):
@@ -147,15 +159,11 @@ class EvoAttention(nn.Module):
             self.gate = nn.Linear(len(self.branches) * dim, len(self.branches), bias=False)
         self.enc = RelativeEncoding(cfg.encoding, heads, dim // heads, cfg.rel_time, cfg.rel_hour, cfg.rel_weekend)
 
-    def _heads(self, x: Tensor) -> Tensor:  # (R, N, D) -> (H, R, N, Dh): heads first (evo_attention.py)
-        return x.unflatten(-1, (self.heads, -1)).permute(2, 0, 1, 3)
-
-    @staticmethod
-    def _merge(x: Tensor) -> Tensor:  # (H, R, N, Dh) -> (R, N, D)
-        return x.permute(1, 2, 0, 3).flatten(-2)
+    def _heads(self, x: Tensor) -> Tensor:  # (R, N, D) -> (H, R, N, Dh): heads first (attention/evo.py)
+        return split_heads(x, self.heads, dim=0)
 
     def _fuse(self, outs: list[Tensor]) -> Tensor:
-        outs = [self._merge(o) for o in outs]                                         # (R, N, D) each
+        outs = [merge_heads(o, dim=0) for o in outs]                                 # (R, N, D) each
         if len(outs) == 1:
             return self.o(outs[0])
         alpha = torch.softmax(self.gate(torch.cat(outs, -1)), -1)                     # (R, N, branches)
@@ -170,17 +178,19 @@ class EvoAttention(nn.Module):
         k, v = enc.rotate(self._heads(k), seq.pos), self._heads(v)
         ku = vu = None
         if user is not None:  # the user token's key and value, (H, R, Dh)
-            ku, vu = (t.unflatten(-1, (self.heads, -1)).transpose(0, 1) for t in self.kv(user).chunk(2, -1))
+            ku, vu = (self._heads(t) for t in self.kv(user).chunk(2, -1))
         ti, pi = seq.times.unsqueeze(-1), seq.pos.unsqueeze(-1).float()
+        shared_keys = attention_function("shared_keys")
         outs, cache = [], {}
         if "global" in self.branches:
             ch = seq.chunks
-            kp, vp = (self._heads(agg(ch.members @ self._merge(t))) for agg, t in ((self.agg_k, k), (self.agg_v, v)))
+            kp, vp = (self._heads(agg(ch.members @ merge_heads(t, dim=0)))
+                      for agg, t in ((self.agg_k, k), (self.agg_v, v)))
             if outputs:
                 p = torch.arange(1, ch.valid.shape[1] + 1, device=x.device)
                 allowed = (p < ch.id.unsqueeze(-1)) & ch.valid.unsqueeze(1)         # (R, L, P)
                 bias = enc.bias_mask(ti, ch.time.unsqueeze(1), pi, ch.pos.unsqueeze(1), allowed)
-                outs.append(shared_key_attention(q, kp, vp, bias, allowed.any(-1)))
+                outs.append(shared_keys(q, kp, vp, bias, allowed.any(-1)))
             cache["global"] = (kp, vp, ch.valid, ch.time, ch.pos)
         if "transition" in self.branches:
             idx, ok = seq.trans_idx, seq.trans_valid
@@ -190,31 +200,31 @@ class EvoAttention(nn.Module):
             if outputs:
                 allowed = (idx.unsqueeze(1) < seq.pos.view(1, n, 1)) & ok.unsqueeze(1)  # strictly before
                 bias = enc.bias_mask(ti, tt.unsqueeze(1), pi, pt.unsqueeze(1), allowed)
-                outs.append(shared_key_attention(q, kt, vt, bias, allowed.any(-1)))
+                outs.append(shared_keys(q, kt, vt, bias, allowed.any(-1)))
             cache["transition"] = (kt, vt, ok, tt, pt)
         if "local" in self.branches:
             w = self.window
             if outputs:
-                outs.append(local_window_attention(q, k, v, seq.times, seq.valid, w, enc, ku, vu))
+                outs.append(attention_function("local_window")(q, k, v, seq.times, seq.valid, w, enc, ku, vu))
             cache["local"] = (k[:, :, -w:], v[:, :, -w:], seq.valid[:, -w:], seq.times[:, -w:],
                               seq.pos[-w:].float(), ku, vu)
         if "full" in self.branches:  # variant A1: causal full attention, the same bias
             if outputs:
-                outs.append(causal_full_attention(q, k, v, seq.times, seq.valid, enc))
+                outs.append(attention_function("causal_full")(q, k, v, seq.times, seq.valid, enc))
             cache["full"] = (k, v, seq.valid, seq.times, seq.pos.float())
         if "linear" in self.branches:
             if outputs:
-                outs.append(causal_linear_attention(q, k, v, seq.valid))
+                outs.append(attention_function("linear")(q, k, v, seq.valid))
             phi_k = (F.elu(k) + 1) * seq.valid.unsqueeze(-1)
             cache["linear"] = (phi_k.transpose(-1, -2) @ v, phi_k.sum(2))                # (H, R, Dh, Dh), (H, R, Dh)
         return (self._fuse(outs) if outputs else None), cache
 
-    def candidates(self, x: Tensor, cache: dict, seq: _Sequence) -> Tensor:
-        """(R, C, D) normed candidate states -> attention output against the cached key sets."""
-        n = seq.valid.shape[1]
+    def candidates(self, x: Tensor, cache: dict, n: int, request_time: Tensor) -> Tensor:
+        """(R, C, D) normed candidate states, at position n (after the history) and the request time (R,) ->
+        attention output against the cached key sets."""
         at = torch.full((1,), n, device=x.device)
         q = self.enc.rotate(self._heads(self.q(x)), at)
-        tq, pq = seq.request_time.view(-1, 1, 1), at.float()
+        tq, pq = request_time.view(-1, 1, 1), at.float()
         outs = []
         for name in self.branches:
             if name == "linear":
@@ -229,7 +239,7 @@ class EvoAttention(nn.Module):
                 kk, vv = torch.cat([kk, ku.unsqueeze(2)], 2), torch.cat([vv, vu.unsqueeze(2)], 2)
                 ok = torch.cat([ok, torch.ones_like(ok[:, :1])], 1)
                 bias = F.pad(bias, (0, 1))
-            outs.append(shared_key_attention(q, kk, vv, bias, ok.any(-1, keepdim=True)))
+            outs.append(attention_function("shared_keys")(q, kk, vv, bias, ok.any(-1, keepdim=True)))
         return self._fuse(outs)
 
 
@@ -247,8 +257,8 @@ class SparseBlock(nn.Module):
         e = e + att
         return e + self.ffn(self.norm2(e)), cache
 
-    def candidates(self, e: Tensor, cache: dict, seq: _Sequence) -> Tensor:
-        e = e + self.attn.candidates(self.norm1(e), cache, seq)
+    def candidates(self, e: Tensor, cache: dict, n: int, request_time: Tensor) -> Tensor:
+        e = e + self.attn.candidates(self.norm1(e), cache, n, request_time)
         return e + self.ffn(self.norm2(e))
 
 
@@ -260,8 +270,6 @@ class SparseCTR(CTRModel):
     def __init__(self, spec: DataSpec, cfg: SparseCTRConfig):
         super().__init__()
         require_history(spec, "SparseCTR")
-        if cfg.chunking not in CHUNKINGS:
-            raise ValueError(f"SparseCTR chunking must be one of {CHUNKINGS}, got {cfg.chunking!r}")
         self.cfg, (self.n_chunks, self.m, _) = cfg, cfg.resolved()
         self.needs_chunks = "global" in cfg.branches() or ("transition" in cfg.branches() and cfg.attention == "evo")
         e, d = cfg.embed_dim, cfg.dim
@@ -288,9 +296,9 @@ class SparseCTR(CTRModel):
         if self.cfg.attention == "dilated":
             idx = torch.arange(n - 1, -1, -self.cfg.dilation, device=valid.device).flip(0).expand(r, -1)
             ok = valid.gather(1, idx)
-        return _Sequence(valid, times, pos, context.time, chunks, idx, ok)
+        return _Sequence(valid, times, pos, chunks, idx, ok)
 
-    def encode_user(self, context: Batch) -> _State:
+    def encode_user(self, context: Batch) -> UserState:
         profile = self.emb.profile(context.sparse).flatten(-2)                        # (R, n_user * e)
         e = self.behavior_in(self.emb.hist(context.hist).flatten(-2))                 # (R, L, d)
         seq = self._sequence(e, context)
@@ -299,20 +307,17 @@ class SparseCTR(CTRModel):
         for i, block in enumerate(self.blocks):
             e, cache = block.behaviors(e, user, seq, outputs=i + 1 < len(self.blocks))
             caches.append(cache)
-        return _State(seq, caches, profile)
+        return UserState(context, caches, profile=profile)
 
-    def score_candidates(self, state: _State, cand_sparse: Tensor, cand_dense: Tensor, cand_hist=None,
+    def score_candidates(self, state: UserState, cand_sparse: Tensor, cand_dense: Tensor, cand_hist=None,
                          cand_hist_time=None) -> Tensor:  # R_c unused
         e = self.candidate_in(self.emb.other_flat(cand_sparse, cand_dense))           # (R, C, d)
         for block, cache in zip(self.blocks, state.caches):
-            e = block.candidates(e, cache, state.seq)
+            e = block.candidates(e, cache, state.context.hist_time.shape[1], state.context.time)
         rep = torch.relu(self.w4(self.final_norm(e)))
         if self.w5 is not None:
             rep = rep * torch.sigmoid(self.w5(state.profile)).unsqueeze(1)
         return self.head(rep).squeeze(-1)
-
-    def forward(self, batch: Batch) -> Tensor:
-        return self.score_candidates(self.encode_user(batch), batch.sparse[:, None], batch.dense[:, None])[:, 0]
 
 
 register("sparsectr", SparseCTRConfig, "SparseCTR: time-chunked three-branch EvoAttention + RelTemporal "

@@ -25,22 +25,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..batch import Batch, DataSpec
 from ..typed import checked
-from .attention import (
-    ReluFFN,
-    SwiGLU,
-    TimePositionBias,
-    candidate_attention,
-    causal_attention,
-    local_dilated_attention,
-    make_norm,
-)
-from .base import CTRModel
-from .layers import MLP, Dice, masked_mean, require_history
+from .config import ModelConfig
+from .attention import TimePositionBias, attention_function, merge_heads, split_heads
+from .base import CTRModel, UserState
+from .layers import MLP, Dice, ReluFFN, SwiGLU, make_norm, masked_mean, require_history
 from .tables import FeatureEmbedding
 from .registry import register
 
@@ -54,11 +46,13 @@ VARIANTS = {"A": {"ffn": "relu"}, "B": {"afnet": False}, "C": {"afnet_fusion": "
 
 
 @dataclass
-class SUANConfig:
-    size: str = checked("", choices=("", *SIZES))  # size-1..size-5: sets embed_dim, layers and heads
-    embed_dim: int = checked(8, ge=1)
-    layers: int = checked(2, ge=1)
-    heads: int = checked(2, ge=1)
+class SUANConfig(ModelConfig):
+    PRESETS = {"size": {"": {"embed_dim": 8, "layers": 2, "heads": 2},
+                        **{k: {"embed_dim": d, "layers": n, "heads": h} for k, (d, n, h) in SIZES.items()}}}
+    size: str = checked("", choices=("", *SIZES))  # size-1..size-5: sets embed_dim, layers and heads unless given
+    embed_dim: int | None = checked(None, ge=1)    # None: from `size` (8 without one)
+    layers: int | None = checked(None, ge=1)       # None: from `size` (2)
+    heads: int | None = checked(None, ge=1)        # None: from `size` (2)
     head_hidden: tuple[int, ...] = checked((1024, 512, 256), ge=1)
     head_activation: str = checked("relu", choices=("relu", "dice"))  # dice: the paper's
     dropout: float = checked(0.0, ge=0, lt=1)
@@ -73,22 +67,17 @@ class SUANConfig:
     dilation: int = checked(1, ge=1)  # LightSUAN dilation r
     max_pos: int = checked(2048, ge=1)  # relative positions beyond this share one bias entry
 
+    def inactive(self) -> dict[str, str]:
+        out = {"dilation": "with local > 0 (LightSUAN)"} if self.local == 0 else {}
+        if not self.afnet:
+            out["afnet_fusion"] = "with afnet"
+        return out
+
 
 @dataclass
 class LightSUANConfig(SUANConfig):
     local: int = checked(4, ge=0)
     dilation: int = checked(2, ge=1)
-
-
-@dataclass
-class _State:
-    """What encode_user computes once per request."""
-    hist: Tensor          # (R, L, D) final behavior states
-    caches: list          # per layer: (k, v, gate)
-    valid: Tensor         # (R, L)
-    times: Tensor         # (R, L)
-    profile: Tensor       # (R, n2, d)
-    time: Tensor          # (R,) request time (the candidates' time)
 
 
 class UAB(nn.Module):
@@ -113,16 +102,10 @@ class UAB(nn.Module):
                 self.gate_cross = nn.Linear(max(1, dim // 4), dim)
         self.ffn = SwiGLU(dim) if cfg.ffn == "swiglu" else ReluFFN(dim)
 
-    def _heads(self, x: Tensor) -> Tensor:  # (B, N, D) -> (B, H, N, Dh)
-        return x.unflatten(-1, (self.heads, -1)).transpose(1, 2)
-
-    def _merge(self, x: Tensor) -> Tensor:  # (B, H, N, Dh) -> (B, N, D)
-        return x.transpose(1, 2).flatten(-2)
-
     def _cross(self, e_self: Tensor, profile: Tensor) -> Tensor:
-        k, v = self.cross_kv(profile).chunk(2, -1)
-        att = F.scaled_dot_product_attention(self._heads(self.cross_q(e_self)), self._heads(k), self._heads(v))
-        return self.cross_out(self._merge(att))
+        q, (k, v) = self.cross_q(e_self), self.cross_kv(profile).chunk(2, -1)
+        q, k, v = (split_heads(t, self.heads) for t in (q, k, v))                      # keys: the n2 profile tokens
+        return self.cross_out(merge_heads(attention_function("dense", "sdpa")(q, k, v)))
 
     def _fuse_and_ffn(self, e: Tensor, e_self: Tensor, e_cross: Tensor | None, gate: Tensor | None) -> Tensor:
         if e_cross is None:
@@ -140,13 +123,10 @@ class UAB(nn.Module):
     def history(self, e: Tensor, times: Tensor, valid: Tensor, profile: Tensor):
         """(B, L, D) behavior states -> next states, and the cache candidates need (K, V, gate)."""
         x = self.norm1(e) if self.cfg.prenorm else e
-        q, k, v = (self._heads(t) for t in self.qkv(x).chunk(3, -1))
+        q, k, v = (split_heads(t, self.heads) for t in self.qkv(x).chunk(3, -1))   # (B, H, N, Dh)
         cfg = self.cfg
-        if cfg.local > 0:
-            att = local_dilated_attention(q, k, v, times, valid, self.bias, cfg.local, cfg.dilation)
-        else:
-            att = causal_attention(q, k, v, times, valid, self.bias)
-        e_self = self.out(self._merge(att))
+        att = attention_function("causal")(q, k, v, times, valid, self.bias, cfg.local, cfg.dilation)
+        e_self = self.out(merge_heads(att))
         e_cross = self._cross(e_self, profile) if cfg.afnet else None
         gate = None
         if cfg.afnet and cfg.afnet_fusion == "gate":
@@ -158,10 +138,11 @@ class UAB(nn.Module):
         """(B, C, D) candidate states -> next states; each attends to the cached history and itself."""
         kh, vh, gate = cache
         x = self.norm1(e) if self.cfg.prenorm else e
-        q, k, v = (self._heads(t) for t in self.qkv(x).chunk(3, -1))
-        att = candidate_attention(q, k, v, kh, vh, t_cand, times, valid, self.bias, self.cfg.local,
-                                  self.cfg.dilation)
-        e_self = self.out(self._merge(att))
+        q, k, v = (split_heads(t, self.heads) for t in self.qkv(x).chunk(3, -1))   # (B, H, N, Dh)
+        dilation = self.cfg.dilation if self.cfg.local else 1  # local 0: full attention, as for the history
+        att = attention_function("candidate")(q, k, v, kh, vh, t_cand, times, valid, self.bias, self.cfg.local,
+                                              dilation)
+        e_self = self.out(merge_heads(att))
         e_cross = self._cross(e_self, profile) if self.cfg.afnet else None
         return self._fuse_and_ffn(e, e_self, e_cross, gate)
 
@@ -169,14 +150,7 @@ class UAB(nn.Module):
 class SUAN(CTRModel):
     def __init__(self, spec: DataSpec, cfg: SUANConfig):
         super().__init__()
-        if cfg.size:
-            if cfg.size not in SIZES:
-                raise ValueError(f"SUAN size {cfg.size!r}: choose one of {sorted(SIZES)}")
-            d, layers, heads = SIZES[cfg.size]
-        else:
-            d, layers, heads = cfg.embed_dim, cfg.layers, cfg.heads
-        if cfg.local < 0 or cfg.dilation < 1:
-            raise ValueError("LightSUAN needs local >= 0 and dilation >= 1")
+        d, layers, heads = cfg.embed_dim, cfg.layers, cfg.heads  # presets resolved (ModelConfig)
         require_history(spec, "SUAN")
         self.cfg = cfg
         self.emb = FeatureEmbedding(spec, d)
@@ -188,7 +162,7 @@ class SUAN(CTRModel):
         act = Dice if cfg.head_activation == "dice" else nn.ReLU
         self.head = MLP(head_in, cfg.head_hidden, 1, cfg.dropout, activation=act)
 
-    def encode_user(self, context: Batch) -> _State:
+    def encode_user(self, context: Batch) -> UserState:
         profile = self.emb.profile(context.sparse)                                     # (R, n2, d)
         e = self.emb.hist(context.hist).flatten(-2)                                    # (R, L, D)
         valid, times = context.hist_mask, context.hist_time
@@ -196,26 +170,24 @@ class SUAN(CTRModel):
         for block in self.blocks:
             e, cache = block.history(e, times, valid, profile)
             caches.append(cache)
-        return _State(e, caches, valid, times, profile, context.time)
+        return UserState(context, caches, history=e, profile=profile)
 
-    def score_candidates(self, state: _State, cand_sparse: Tensor, cand_dense: Tensor, cand_hist=None,
+    def score_candidates(self, state: UserState, cand_sparse: Tensor, cand_dense: Tensor, cand_hist=None,
                          cand_hist_time=None) -> Tensor:  # R_c unused
         r, c = cand_sparse.shape[:2]
+        ctx = state.context
         token = self.emb.candidate_as_behavior(cand_sparse).flatten(-2)                # (R, C, D)
         if self.cfg.target_aware:
             e = token
             for block, cache in zip(self.blocks, state.caches):
-                e = block.candidates(e, cache, state.time, state.times, state.valid, state.profile)
+                e = block.candidates(e, cache, ctx.time, ctx.hist_time, ctx.hist_mask, state.profile)
             rep = self.final_norm(e)
         else:  # variant D: the candidate meets the sequence only in the head
-            pooled = masked_mean(self.final_norm(state.hist), state.valid, dim=1)
+            pooled = masked_mean(self.final_norm(state.history), ctx.hist_mask, dim=1)
             rep = torch.cat([pooled.unsqueeze(1).expand(r, c, -1), token], -1)
         other = self.emb.other_flat(cand_sparse, cand_dense)
         profile = state.profile.flatten(-2).unsqueeze(1).expand(r, c, -1)
         return self.head(torch.cat([rep, profile, other], -1)).squeeze(-1)
-
-    def forward(self, batch: Batch) -> Tensor:
-        return self.score_candidates(self.encode_user(batch), batch.sparse[:, None], batch.dense[:, None])[:, 0]
 
 
 register("suan", SUANConfig, "SUAN: stacked unified attention blocks over the target-aware sequence")(SUAN)

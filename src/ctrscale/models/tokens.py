@@ -14,14 +14,16 @@ from torch import Tensor, nn
 
 from ..batch import DataNeeds, Batch, CandidateSequence, DataSpec
 from ..typed import checked
+from .config import ModelConfig
 from .base import CTRModel
 from .content import ContentTable, simtier
-from .layers import TargetAttention, TokenLinear, require_history
+from .attention import TargetAttention
+from .layers import TokenLinear, require_history
 from .tables import FeatureEmbedding
 
 
 @dataclass
-class UnifiedInputConfig:
+class UnifiedInputConfig(ModelConfig):
     """The input settings every unified-token model shares; its config dataclass inherits them."""
     embed_dim: int = checked(16, ge=1)
     dim: int = checked(64, ge=1)                # token width d

@@ -68,7 +68,7 @@ class Wukong(TokenInputModel):
         n_out = n_fmb + n_lcb if cfg.layers else n
         self.head = MLP(n_out * cfg.dim, cfg.head_hidden, 1, cfg.dropout)
 
-    def forward(self, batch: Batch) -> Tensor:
+    def score_pointwise(self, batch: Batch) -> Tensor:
         x = self.inputs(batch)
         for layer in self.layers:
             x = layer(x)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..reports import markdown_table, pyplot, save_figure
 from .laws import Fit, IllPosed, fit_law, holdout, required_x
 from .sweep import read_results
 
@@ -73,15 +74,12 @@ def _without_draws(fit: dict | None) -> dict | None:
 
 
 def plot_fit(fit: Fit, x, y, request: dict, held: dict | None, path: Path, extrapolate: float = 4.0) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     xs = np.unique(x)
     means = np.array([y[x == v].mean() for v in xs])
     stds = np.array([y[x == v].std(ddof=1) if (x == v).sum() > 1 else 0.0 for v in xs])
     grid = np.geomspace(xs.min(), xs.max() * extrapolate, 200)
     lo, hi = fit.band(grid)
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    fig, ax = pyplot().subplots(figsize=(6.5, 4.5))
     ax.fill_between(grid, lo, hi, alpha=0.2, label="95% bootstrap band")
     ax.plot(grid, fit.predict(grid), label=_label(fit))
     ax.errorbar(xs, means, yerr=stds, fmt="o", color="k", capsize=3, label="measured (mean ± std over seeds)")
@@ -98,9 +96,7 @@ def plot_fit(fit: Fit, x, y, request: dict, held: dict | None, path: Path, extra
     ax.set_title(request["name"])
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _label(fit: Fit) -> str:
@@ -117,7 +113,7 @@ def write_report(sweep_dir: Path, requests: list[dict], title: str = "") -> Path
     lines = [f"# Scaling report: {title or sweep_dir.name}", "",
              f"{len(rows)} finished runs ({len({r['point'] for r in rows})} points); "
              f"wall time {sum(r['wall_seconds'] for r in rows) / 3600:.2f} h summed over runs.", ""]
-    lines += _points_table(rows)
+    lines.append(_points_table(rows))
     for req in requests:
         entry = run_fit(rows, req, fits_dir)
         lines += ["", f"## {req['name']}", "", f"x = `{req['x']}`, y = `{req.get('metric', 'auc')}`"
@@ -128,9 +124,10 @@ def write_report(sweep_dir: Path, requests: list[dict], title: str = "") -> Path
             continue
         fit = entry["fit"]
         lines += [f"`{fit['formula']}`, R² = {fit['r2']:.4f}, {fit['n_points']} runs at {fit['n_x']} x values", "",
-                  "| parameter | value | std. error | 95% bootstrap interval |", "|---|---|---|---|"]
-        lines += [f"| {k} | {v:.6g} | {fit['stderr'][k]:.3g} | [{fit['interval'][k][0]:.6g}, "
-                  f"{fit['interval'][k][1]:.6g}] |" for k, v in fit["params"].items()]
+                  markdown_table([[k, f"{v:.6g}", f"{fit['stderr'][k]:.3g}",
+                                   f"[{fit['interval'][k][0]:.6g}, {fit['interval'][k][1]:.6g}]"]
+                                  for k, v in fit["params"].items()],
+                                 ["parameter", "value", "std. error", "95% bootstrap interval"])]
         lines += [f"\nNote: {note}" for note in fit.get("notes", [])]
         held = entry.get("holdout")
         if held and "predicted" in held:
@@ -151,16 +148,16 @@ def write_report(sweep_dir: Path, requests: list[dict], title: str = "") -> Path
     return path
 
 
-def _points_table(rows: list[dict]) -> list[str]:
+def _points_table(rows: list[dict]) -> str:
     by_point: dict[str, list[dict]] = {}
     for r in rows:
         by_point.setdefault(r["point"], []).append(r)
-    out = ["| point | seeds | AUC | GAUC | dense params | max_len | train impressions | GFLOPs/60 |",
-           "|---|---|---|---|---|---|---|---|"]
+    table = []
     for pid, rs in by_point.items():
         auc, gauc = np.array([r["auc"] for r in rs]), np.array([r["gauc"] for r in rs], float)
         sd = lambda a: f" ± {a.std(ddof=1):.4f}" if len(a) > 1 else ""  # noqa: E731
-        out.append(f"| {pid} | {len(rs)} | {auc.mean():.4f}{sd(auc)} | {gauc.mean():.4f}{sd(gauc)} | "
-                   f"{rs[0]['dense_params']:,.0f} | {rs[0]['max_len']:.0f} | {rs[0]['train_impressions']:,.0f} | "
-                   f"{rs[0]['gflops_per_60']:.4g} |")
-    return out
+        table.append([pid, str(len(rs)), f"{auc.mean():.4f}{sd(auc)}", f"{gauc.mean():.4f}{sd(gauc)}",
+                      f"{rs[0]['dense_params']:,.0f}", f"{rs[0]['max_len']:.0f}", f"{rs[0]['train_impressions']:,.0f}",
+                      f"{rs[0]['gflops_per_60']:.4g}"])
+    return markdown_table(table, ["point", "seeds", "AUC", "GAUC", "dense params", "max_len", "train impressions",
+                                  "GFLOPs/60"])

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import yaml
 
+from ..train.result import RunResult
 from ..train.runs import config_drift
 from ..typed import ConfigError, checked, from_dict, load_yaml
 
@@ -128,7 +129,7 @@ def run_config(spec: SweepSpec, point: Point, out: Path):
 def _run_point(cfg_dict: dict, folder: str) -> tuple[str, float]:
     """One point in this process (also the worker function of parallel sweeps)."""
     from ..train.config import RunConfig
-    from ..train.recipe import fit
+    from ..train.loop import fit
     cfg = from_dict(RunConfig, cfg_dict, folder).validate()
     t0 = time.perf_counter()
     fit(cfg, resume=True)
@@ -199,19 +200,18 @@ def _bar(total: int, done: int, progress: bool):
 
 
 def point_row(spec: SweepSpec, run_dir: Path) -> dict:
-    res = json.loads((run_dir / "results.json").read_text())
+    res = RunResult.read(run_dir / "results.json")
     meta = json.loads((run_dir / "point.json").read_text())
-    p, test, valid = res["params"], res["test"], res["valid"]
-    impressions = res.get("train_impressions")
+    p, test, valid = res.params, res.test, res.valid
+    impressions = res.train_impressions
     row = {"point": meta["id"], "seed": meta["seed"]}
     row.update({k: meta["overrides"].get(k) for k in spec.axes})
     row.update(auc=test["auc"], gauc=test.get("gauc"), logloss=test["logloss"], valid_auc=valid.get("auc"),
                valid_gauc=valid.get("gauc"), dense_params=p["dense"], embedding_params=p["embedding"],
-               params=p["dense"] + p["embedding"], max_len=res["max_len"], train_impressions=impressions,
-               gflops_per_60=res["inference_gflops_per_60"],
-               train_flops_per_impression=res["train_flops_per_impression"],
-               train_flops=res["train_flops_per_impression"] * impressions * res["epochs_run"] if impressions else None,
-               epochs_run=res["epochs_run"], best_epoch=res["best_epoch"], train_seconds=res["train_seconds"],
+               params=p["dense"] + p["embedding"], max_len=res.max_len, train_impressions=impressions,
+               gflops_per_60=res.inference_gflops_per_60, train_flops_per_impression=res.train_flops_per_impression,
+               train_flops=res.train_flops_per_impression * impressions * res.epochs_run if impressions else None,
+               epochs_run=res.epochs_run, best_epoch=res.best_epoch, train_seconds=res.train_seconds,
                wall_seconds=meta["wall_seconds"])
     return row
 

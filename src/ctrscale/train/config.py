@@ -7,6 +7,7 @@ from pathlib import Path
 
 import yaml
 
+from ..models.config import ModelChoice, resolve
 from ..typed import ConfigError, apply_overrides, check_fields, checked, from_dict, load_yaml, to_dict
 
 DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")  # train.device
@@ -81,61 +82,53 @@ class DistillSection:
     """Online distillation (SUAN paper): a teacher trained together with the student on the same batches,
     loss = BCE(student) + BCE(teacher) + weight * BCE(sigmoid(z_s / t), sigmoid(z_t / t)) with the teacher's
     soft label detached. Only the student is kept for serving."""
-    teacher: dict = field(default_factory=dict)  # model config of the teacher: {name: suan, size: size-3, ...}
+    teacher: ModelChoice | None = None  # model config of the teacher: {name: suan, size: size-3, ...}
     teacher_max_len: int | None = checked(None, ge=1)  # the teacher's (longer) history; default: the student's
     temperature: float = checked(2.0, gt=0)
     weight: float | None = checked(None, ge=0)   # lambda; default = temperature (the paper's choice)
+
+    def __post_init__(self):
+        if self.teacher is not None:
+            self.teacher = resolve(self.teacher, "distill.teacher")
 
 
 @dataclass
 class RunConfig:
     name: str = "run"
     out_dir: str = "runs"
-    model: dict = field(default_factory=lambda: {"name": "din"})
+    model: ModelChoice = field(default_factory=lambda: {"name": "din"})  # resolved: every key of the model
     data: DataSection = field(default_factory=DataSection)
     optim: OptimSection = field(default_factory=OptimSection)
     train: TrainSection = field(default_factory=TrainSection)
     distill: DistillSection | None = None
 
+    def __post_init__(self):
+        self.model = resolve(self.model)  # a section given as a dict in code resolves as one loaded from YAML
+
     @property
     def model_name(self) -> str:
-        return self.model["name"]
+        return self.model.name
 
     @property
     def run_dir(self) -> Path:
         return Path(self.out_dir) / self.name
 
     def validate(self) -> "RunConfig":
-        """Checks across keys, and of the model sections against their models' configs; `from_dict` has checked
-        each key's type and range (check_fields repeats that for a config built in code)."""
+        """Checks across keys; `from_dict` has checked each key's type and range and resolved the model sections
+        through the registry (check_fields repeats the checks for a config built in code)."""
         check_fields(self)
         if not self.name or Path(self.name).is_absolute() or ".." in Path(self.name).parts:
             raise ConfigError(f"name: the run folder's name inside out_dir ({self.out_dir}); an empty, absolute or "
                               f"'..' name would leave it, got {self.name!r}")
+        if self.distill is not None and self.distill.teacher is None:
+            raise ConfigError("distill.teacher: required: the teacher's model section {name: ..., ...} (see "
+                              "`ctrscale ls`)")
         if not DEVICE.fullmatch(self.train.device):
             raise ConfigError(f"train.device: must be auto, cpu, cuda or cuda:N, got {self.train.device!r}")
-        check_model(self.model, "model")
-        if self.distill is not None:
-            check_model(self.distill.teacher, "distill.teacher")
         return self
 
     def to_dict(self) -> dict:
         return to_dict(self)
-
-
-def check_model(model: dict, where: str) -> None:
-    """The model section {name: ..., **config} against the registered model's config dataclass: names, types and
-    ranges are errors at load time ("model din.embed_dim: must be >= 1, got 0"), not when the model is built."""
-    from ..models.registry import entries
-    model = dict(model)
-    name = model.pop("name", None)
-    if name is None:
-        raise ConfigError(f"{where}.name is required")
-    registered = entries()
-    if name not in registered:
-        raise ConfigError(f"{where}.name: unknown model {name!r}; registered: {sorted(registered)} "
-                          f"(see `ctrscale ls`)")
-    from_dict(registered[name].config, model, f"{where} {name}")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = (), base: dict | None = None) -> RunConfig:

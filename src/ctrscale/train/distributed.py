@@ -20,8 +20,6 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..data.loader import shard  # noqa: F401  (re-exported: where the loaders cut a global batch)
-
 
 @dataclass(frozen=True)
 class World:

@@ -18,7 +18,6 @@ mixes two experiments.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import zipfile
 from pathlib import Path
@@ -28,6 +27,7 @@ import yaml
 
 from ..data.store import atomic_write_text
 from ..errors import ConfigError, RunError
+from .result import RunResult
 
 CHECKSUM_SUFFIX = ".sha256"
 # what `ctrscale train` writes into a run folder; --overwrite removes these (and tb/'s event files), nothing else
@@ -76,7 +76,7 @@ class RunLock:
             self.file = None
 
 
-def check_run_folder(run_dir: Path, cfg: dict, resume: bool, overwrite: bool) -> dict | None:
+def check_run_folder(run_dir: Path, cfg: dict, resume: bool, overwrite: bool) -> RunResult | None:
     """Refuse to train over a run without --resume or --overwrite; with --overwrite remove ctrscale's run files.
     Returns the results of a finished run that --resume asks for under its own config (nothing left to train)."""
     if resume and overwrite:
@@ -119,15 +119,14 @@ def run_drift(run_dir: Path, cfg: dict) -> list[str]:
     return config_drift(started, cfg) if started is not None else []
 
 
-def finished_results(run_dir: Path, cfg: dict) -> dict:
+def finished_results(run_dir: Path, cfg: dict) -> RunResult:
     """The results.json of a finished run, when it ran under `cfg` (else a RunError naming what differs)."""
     path = run_dir / "results.json"
-    res = json.loads(path.read_text()) if path.exists() else None
-    started = (res or {}).get("config") or saved_config(run_dir)
-    if res is None or started is None:
-        raise RunError(f"{run_dir}: holds {'results.json without its config' if res else 'best.pt'} but no last.pt "
-                       f"to resume from; train into another folder, or replace the run with --overwrite")
-    drift = config_drift(started, cfg)
+    if not path.exists():
+        raise RunError(f"{run_dir}: holds best.pt but no last.pt to resume from; train into another folder, or "
+                       f"replace the run with --overwrite")
+    res = RunResult.read(path)
+    drift = config_drift(res.config, cfg)
     if drift:
         raise RunError(f"{run_dir}: holds a finished run under another config than asked for now "
                        f"({'; '.join(drift)}); train into another folder (another name or out_dir), or replace it "
@@ -217,15 +216,16 @@ def load_checkpoint(path: str | Path, map_location=None, weights_only: bool = Fa
 
 
 def resolved(cfg: dict) -> dict:
-    """A run config dict with the model's (and a distillation teacher's) config completed by its defaults, so a
-    default written out and a default left implicit compare equal."""
-    from ..models.registry import default_config, entries
+    """A run config dict with the model's (and a distillation teacher's) section resolved through the registry
+    (defaults and presets filled in), so a config saved before every key was written compares equal to today's."""
+    from ..models.config import resolve
     out = dict(cfg)
 
     def complete(model):
-        if isinstance(model, dict) and model.get("name") in entries():
-            return {**default_config(model["name"]), **model}
-        return model
+        try:
+            return resolve(model).to_dict()
+        except ConfigError:  # a section today's code refuses: compared as written
+            return model
     out["model"] = complete(out.get("model"))
     if isinstance(out.get("distill"), dict):
         out["distill"] = {**out["distill"], "teacher": complete(out["distill"].get("teacher"))}

@@ -1,6 +1,5 @@
-"""Attention kernels and blocks shared by the sequence models (SUAN, LightSUAN, HSTU, BST).
-
-Every fast kernel has a dense masked reference beside it; tests hold them equal on small inputs.
+"""SUAN's kernels: causal self-attention over one history (full, or LightSUAN's local + dilated pattern) and the
+candidates' cross-attention over the cached history. Each has a dense reference beside it.
 
 Conventions: q, k, v are (B, H, L, Dh); `key_valid` (B, L) marks real behaviors; a query may always attend to
 itself, so no row is fully masked (padded queries produce finite values that nothing reads).
@@ -12,92 +11,12 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-# bias_fn(t_query, t_key, rel_pos) -> additive logit bias, broadcastable; times in unix seconds, rel_pos = i - j
-BiasFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+from .bias import BiasFn
+from .core import MASKED, dense_attention, with_own_key
 
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float = 1e-6):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
-
-
-def make_norm(kind: str, dim: int) -> nn.Module:
-    if kind == "rms":
-        return RMSNorm(dim)
-    if kind == "layer":
-        return nn.LayerNorm(dim)
-    raise ValueError(f"norm must be 'rms' or 'layer', got {kind!r}")
-
-
-class SwiGLU(nn.Module):
-    """(SiLU(x W1) * x W2) W3, hidden width `mult` * dim."""
-
-    def __init__(self, dim: int, mult: int = 3):
-        super().__init__()
-        self.w1 = nn.Linear(dim, mult * dim, bias=False)
-        self.w2 = nn.Linear(dim, mult * dim, bias=False)
-        self.w3 = nn.Linear(mult * dim, dim, bias=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.w3(F.silu(self.w1(x)) * self.w2(x))
-
-
-class ReluFFN(nn.Sequential):
-    def __init__(self, dim: int, mult: int = 3):
-        super().__init__(nn.Linear(dim, mult * dim), nn.ReLU(), nn.Linear(mult * dim, dim))
-
-
-class _SmallTableLookup(torch.autograd.Function):
-    """table[idx] for a tiny table and a huge index tensor. Autograd's embedding backward scatters one row per
-    index (1 s for B*L*L indices on CPU); the same gradient is one bincount."""
-
-    @staticmethod
-    def forward(ctx, table: Tensor, idx: Tensor) -> Tensor:
-        ctx.save_for_backward(idx)
-        ctx.size = table.shape[0]
-        return table[idx]
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        (idx,) = ctx.saved_tensors
-        g = torch.bincount(idx.reshape(-1), weights=grad.reshape(-1).float(), minlength=ctx.size)
-        return g.to(grad.dtype), None
-
-
-def table_lookup(table: Tensor, idx: Tensor) -> Tensor:
-    """Gather scalars from a 1-D table; gradients accumulate by bincount (tested against autograd's)."""
-    return _SmallTableLookup.apply(table, idx)
-
-
-def time_bucket(dt: Tensor) -> Tensor:
-    """SUAN's bucket of a time gap in seconds: floor(ln(max(|dt|, 1)) / 0.301), clipped to [0, 128]."""
-    return torch.floor(torch.log(dt.abs().clamp_min(1).float()) / 0.301).clamp_(0, 128).long()
-
-
-class TimePositionBias(nn.Module):
-    """b_ij = f1(bucket(|t_i - t_j|)) + f2(i - j), one scalar table each, shared by all heads (SUAN).
-    Relative positions beyond max_pos share the last entry."""
-
-    def __init__(self, max_pos: int = 2048, time: bool = True, position: bool = True):
-        super().__init__()
-        self.time_table = nn.Parameter(torch.zeros(129)) if time else None
-        self.pos_table = nn.Parameter(torch.zeros(max_pos + 1)) if position else None
-        self.max_pos = max_pos
-
-    def forward(self, t_q: Tensor, t_k: Tensor, rel_pos: Tensor) -> Tensor:
-        out = 0.0
-        if self.time_table is not None:
-            out = out + table_lookup(self.time_table, time_bucket(t_q - t_k))
-        if self.pos_table is not None:
-            out = out + table_lookup(self.pos_table, rel_pos.abs().clamp(max=self.max_pos))
-        return out
+MaskFn = Callable[[slice, Tensor], Tensor]
 
 
 def sparse_pattern(n: int, local: int, dilation: int, device=None) -> Tensor:
@@ -108,17 +27,8 @@ def sparse_pattern(n: int, local: int, dilation: int, device=None) -> Tensor:
     return (d >= 0) & ((d < local) | (d % dilation == 0))
 
 
-def dense_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, bias: Tensor | float = 0.0,
-                    scale: float | None = None) -> Tensor:
-    """Reference: softmax over allowed keys of q.k * scale + bias. allowed broadcasts to (B, H, Lq, Lk)."""
-    scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
-    s = (q @ k.transpose(-1, -2)) * scale + bias
-    s = s.masked_fill(~allowed, float("-inf"))
-    return torch.softmax(s, -1) @ v
-
-
-def causal_self_attention(q, k, v, times: Tensor, key_valid: Tensor, bias_fn: BiasFn | None,
-                          local: int = 0, dilation: int = 1) -> Tensor:
+def causal_reference(q, k, v, times: Tensor, key_valid: Tensor, bias_fn: BiasFn | None, local: int = 0,
+                     dilation: int = 1) -> Tensor:
     """Dense reference of the (sparse) causal self-attention over one history: builds the (L, L) pattern."""
     n = q.shape[2]
     pos = torch.arange(n, device=q.device)
@@ -130,17 +40,12 @@ def causal_self_attention(q, k, v, times: Tensor, key_valid: Tensor, bias_fn: Bi
     return dense_attention(q, k, v, allowed, bias)
 
 
-# logits of disallowed keys in the blocked kernels: exp() underflows to 0 and no inf - inf appears
-MASKED = torch.finfo(torch.float32).min / 2
-MaskFn = Callable[[slice, Tensor], Tensor]
-
-
 def causal_blocked_attention(q: Tensor, k: Tensor, v: Tensor, key_valid: Tensor, mask_fn: MaskFn,
                              block: int | None = None) -> Tensor:
     """Causal attention in query blocks: block [a, b) reads keys [0, b) only, so bias, mask and scores cover
     about half of the L x L square (1/2 + 1/(2 * blocks)) and one block's are live at a time in inference.
     mask_fn(rows, allowed (B, b - a, b)) -> the additive logits (bias where allowed, MASKED elsewhere),
-    broadcastable to (.., b - a, b) with q's leading dims. Equals causal_self_attention (tests).
+    broadcastable to (.., b - a, b) with q's leading dims. Equals causal_reference (tests).
     Default block: 16 on CPU (small blocks stay in cache: SparseCTR's A1 on a 512-wide ml1m batch trains about
     4x faster than one (L, L) pass, 1.3x faster than blocks of 64), 256 on GPUs (fewer kernel launches)."""
     n = q.shape[2]
@@ -220,6 +125,16 @@ def local_dilated_attention(q, k, v, times: Tensor, key_valid: Tensor, bias_fn: 
     return out.transpose(2, 3).reshape(b, h, m * r, dh)[:, :, :n]                  # back to positions
 
 
+
+
+def causal_history_attention(q, k, v, times: Tensor, key_valid: Tensor, bias_fn: BiasFn | None, local: int = 0,
+                             dilation: int = 1) -> Tensor:
+    """The fast path of causal_reference: local + dilated when a window is set, else the blocked kernel."""
+    if local > 0:
+        return local_dilated_attention(q, k, v, times, key_valid, bias_fn, local, dilation)
+    return causal_attention(q, k, v, times, key_valid, bias_fn)
+
+
 def candidate_keys(n: int, local: int, dilation: int, device=None) -> Tensor:
     """History positions a candidate at virtual position n sees under the pattern (all of them when r = 1)."""
     d = n - torch.arange(n, device=device)
@@ -245,3 +160,24 @@ def candidate_attention(qc: Tensor, kc: Tensor, vc: Tensor, kh: Tensor, vh: Tens
     s_h = s_h.masked_fill(~hist_valid.index_select(1, idx)[:, None, None, :], float("-inf"))
     w = torch.softmax(torch.cat([s_h, s_self], -1), -1)
     return w[..., :-1] @ vj + w[..., -1:] * vc
+
+
+def candidate_bias(bias_fn: BiasFn, t_cand: Tensor, t_hist: Tensor) -> Tensor:
+    """(B, L + 1) bias of a candidate (at position L, request time t_cand (B,)) to [history ; itself]."""
+    n = t_hist.shape[1]
+    gap = n - torch.arange(n + 1, device=t_hist.device)
+    return bias_fn(t_cand[:, None], torch.cat([t_hist, t_cand[:, None]], 1), gap[None, :])
+
+
+def candidate_reference(qc: Tensor, kc: Tensor, vc: Tensor, kh: Tensor, vh: Tensor, t_cand: Tensor,
+                        t_hist: Tensor, hist_valid: Tensor, bias_fn: BiasFn | None, local: int = 0,
+                        dilation: int = 1) -> Tensor:
+    """Dense version of candidate_attention: each candidate is the query at position L of [history ; itself]."""
+    n = kh.shape[2]
+    gap = n - torch.arange(n + 1, device=qc.device)                                         # self: gap 0
+    seen = (gap < local) | (gap % dilation == 0)
+    allowed = seen & torch.cat([hist_valid, hist_valid.new_ones(len(hist_valid), 1)], 1)    # (B, L + 1)
+    bias = 0.0 if bias_fn is None else candidate_bias(bias_fn, t_cand, t_hist)[:, None, None, None, :]
+    out = dense_attention(qc.unsqueeze(3), with_own_key(kh, kc), with_own_key(vh, vc),
+                          allowed[:, None, None, None, :], bias)
+    return out.squeeze(3)

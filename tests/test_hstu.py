@@ -1,11 +1,10 @@
-"""HSTU and BST mechanisms against dense references."""
+"""HSTU: request scoring over the cached history against the full-sequence dense reference."""
 from __future__ import annotations
 
 import torch
 
 from ctrscale.data.loader import Loader, LoaderConfig
-from ctrscale.models.attention import dense_attention
-from ctrscale.models.hstu import pointwise_attention
+from ctrscale.models.attention.pointwise import pointwise_attention
 from ctrscale.models.registry import build_model
 
 
@@ -38,29 +37,3 @@ def test_hstu_cached_candidates_equal_full_sequence_reference(tiny):
         prof = emb.sparse(b.sparse, emb.spec.sparse_of_role("user")).flatten(-2)
         ref = model.head(torch.cat([model.final_norm(x[:, -1]), prof, other], -1)).squeeze(-1)
         torch.testing.assert_close(model(b), ref, rtol=1e-4, atol=1e-5)
-
-
-def test_pointwise_attention_is_silu_weighted_mean():
-    torch.manual_seed(0)
-    q, k, v = torch.randn(1, 1, 3, 2), torch.randn(1, 1, 3, 2), torch.randn(1, 1, 3, 2)
-    allowed = torch.tensor([[True, False, False], [True, True, False], [False, True, True]])
-    got = pointwise_attention(q, k, v, allowed, 0.0)
-    for i in range(3):
-        js = allowed[i].nonzero().squeeze(1)
-        w = torch.nn.functional.silu(q[0, 0, i] @ k[0, 0, js].T)
-        torch.testing.assert_close(got[0, 0, i], (w[:, None] * v[0, 0, js]).sum(0) / len(js))
-
-
-def test_bst_layer_equals_dense_bidirectional_reference(tiny):
-    torch.manual_seed(0)
-    model = build_model(tiny.spec, {"name": "bst", "embed_dim": 4, "head_hidden": [16]}).eval()
-    layer = model.layers[0]
-    x, valid = torch.randn(3, 6, layer.out.in_features), torch.rand(3, 6) > 0.3
-    valid[:, -1] = True
-    with torch.no_grad():
-        q, k, v = (t.unflatten(-1, (layer.heads, -1)).transpose(1, 2) for t in layer.qkv(x).chunk(3, -1))
-        allowed = valid[:, None, None, :] | torch.eye(6, dtype=torch.bool)
-        att = dense_attention(q, k, v, allowed)
-        h = layer.norm1(x + layer.out(att.transpose(1, 2).flatten(-2)))
-        ref = layer.norm2(h + layer.ffn(h))
-        torch.testing.assert_close(layer(x, valid), ref, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,38 @@
+"""ctrscale.reports: the one Markdown table format and the off-screen figures every report uses."""
+from __future__ import annotations
+
+from ctrscale.reports import markdown_table, plot_epoch_curves, pyplot, save_figure
+
+
+def test_markdown_table_layout():
+    text = markdown_table([["mlp", "0.7100"], ["din", "0.7250"]], ["model", "AUC"])
+    assert text.splitlines() == ["| model | AUC |", "|---|---|", "| mlp | 0.7100 |", "| din | 0.7250 |"]
+    assert markdown_table([], ["a", "b", "c"]) == "| a | b | c |\n|---|---|---|"
+
+
+def test_epoch_curves_are_a_png_and_leave_no_figure_open(tmp_path):
+    curves = {f"model{i}": [{"epoch": e, "valid_auc": 0.7 + e / 100, "valid_gauc": 0.6 + e / 100} for e in (1, 2, 3)]
+              for i in range(12)}  # more labels than the colour cycle
+    plot_epoch_curves(curves, tmp_path / "curves.png", ("auc", "gauc"))
+    data = (tmp_path / "curves.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    assert pyplot().get_fignums() == []
+
+
+def test_save_figure_writes_and_closes(tmp_path):
+    plt = pyplot()
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    save_figure(fig, tmp_path / "f.png", tight=False)
+    assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG" and plt.get_fignums() == []
+
+
+def test_preparation_report_tables_use_the_shared_format(tmp_path):
+    from ctrscale.data.store import report_markdown
+    split = {"rows": 1200, "positives": 30, "mean_history_len": {"50": 3.5}, "max_history_len": 9,
+             "history_len_histogram": {"[0,1)": 2, "[1,10)": 1198}}
+    text = report_markdown({"dataset": "toy", "splits": {"train": split, "valid": split},
+                            "bad_rows_skipped": {}, "vocab_sizes": {"item_id": 12}})
+    assert "| split | rows | positives | mean history (by max_len) | max history |\n|---|---|---|---|---|\n" \
+           "| train | 1,200 | 30 | 50: 3.50 | 9 |" in text
+    assert "| bucket | train | valid |\n|---|---|---|\n| [0,1) | 2 | 2 |\n| [1,10) | 1198 | 1198 |" in text
