@@ -152,13 +152,20 @@ def test_reprepare_swaps_in_and_leaves_nothing_behind(tmp_path, schema):
     foreign = out.with_name(f".out.ctrscale-partial-{dead + 1}-0123abcd")
     foreign.mkdir()
     (foreign / "thesis.tex").write_text("mine")
+    spill = out.with_name(f".out.ctrscale-spill-{dead}-0123abcd")  # a killed preparation's scratch rows
+    spill.mkdir()
+    (spill / "keys-0.npy").write_bytes(b"x")
+    running = out.with_name(f".out.ctrscale-spill-{os.getpid()}-0123abcd")  # a preparation still running
+    running.mkdir()
     backup = out.with_name("out.old-20240101")  # a user's copy, named like a temporary folder might be
     shutil.copytree(out, backup)
     old = out.with_name(f".out.ctrscale-old-{dead}-0123abcd")
     os.rename(out, old)
     fp = json.loads((old / "meta.json").read_text())["fingerprint"]
     assert store.is_prepared(out, fp)  # recovered: the old preparation is back
-    assert siblings(out) == sorted([foreign.name, backup.name]) and (foreign / "thesis.tex").read_text() == "mine"
+    assert siblings(out) == sorted([foreign.name, backup.name, running.name])
+    assert (foreign / "thesis.tex").read_text() == "mine"
+    running.rmdir()
     assert store.is_prepared(out, fp) and (backup / "meta.json").is_file()  # the copy is never touched
 
 

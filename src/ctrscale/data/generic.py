@@ -57,9 +57,11 @@ Content: when the schema declares a content table, `content_path` (or else `sche
 the first input's directory when relative) is a .npy [rows, dim] indexed by the raw integer value of the content
 key. `prepare_from_schema_file` resolves a relative `schema.content.path` against the schema file's directory.
 
-Memory: inputs are read a block at a time (table_reader); the good rows of each block are kept compact on disk
-beside `out` (strings as codes; the distinct strings stay in memory), then sorted by their keys (about 80 bytes per
-row in memory) and fed in stored order to the two-pass writer (prepare.write_chunks), CHUNK_ROWS rows at a time.
+Memory is flat in the row count (it grows with the distinct strings only): inputs are read a block at a time
+(table_reader); the good rows of each block are kept compact on disk beside `out` (strings as codes; the distinct
+strings stay in memory); their sort keys are sorted RUN_ROWS at a time into runs on disk and the runs merged in
+bounded slices into the stored order, also on disk; the rows are then fed in that order to the two-pass writer
+(prepare.write_chunks), CHUNK_ROWS rows at a time, request ids and splits computed chunk by chunk.
 Modules: table_reader (bytes, lines, blocks), row_checks (the checks above), this one (order, split, writing).
 """
 from __future__ import annotations
@@ -73,7 +75,7 @@ import pyarrow.compute as pc
 
 from ..errors import DataError, one_line
 from ..schema import Schema, load_schema
-from .prepare import Chunk, request_ids, time_split, write_chunks
+from .prepare import Chunk, time_split, write_chunks
 from .row_checks import Part, np_bool, np_str, parse_block, short
 from .store import TIME_UNITS, ColumnWriter, check_inputs_outside, check_output, fingerprint, is_prepared, \
     read_columns, spill_folder
@@ -84,6 +86,9 @@ __all__ = ["BadRowError", "MissingColumnError", "prepare_table", "prepare_from_s
 VERSION = 2  # 2: line accounting, UTF-8 per row, time range and unit
 RESERVED = ("label", "time", "user", "request")  # keys of the writer's rows/log dicts
 CHUNK_ROWS = 1 << 16  # rows handed to the writer at a time
+RUN_ROWS = 1 << 19    # sort keys sorted in memory at a time, each sorted run then kept on disk
+MERGE_ROWS = 1 << 19  # sort keys buffered over all runs while merging them
+KEYS = ("time", "user", "row")  # the stored order: impression time, user (rank of its value), input row
 _HINT = ("; fix the row, or prepare with --on-bad-row skip (on_bad_row='skip') to drop such rows and count them "
          "in the report")
 
@@ -128,6 +133,7 @@ class _Spill:
     values seen (kept in memory), each behavior as one row of `elements`."""
 
     def __init__(self, folder: Path, schema: Schema):
+        self.folder = folder
         self.schema = schema
         self.seq = schema.sequences[0] if schema.sequences else None
         self.rows = ColumnWriter(folder / "rows")
@@ -135,6 +141,7 @@ class _Spill:
         self.strings: dict[str, dict[str, int]] = {}  # column -> distinct value -> code (in order of appearance)
         self.files: list[tuple[Path, bool]] = []  # (path, is_csv) of each input, for messages
         self.late = self.unsorted = 0  # rows with behaviors not before the impression / not oldest first
+        self.n_elements = 0
 
     def _codes(self, column: str, values: pa.Array) -> np.ndarray:
         seen = self.strings.setdefault(column, {})
@@ -175,6 +182,8 @@ class _Spill:
             self.elements.append(time=etime, **{f.name: self._codes(f"hist.{f.name}", kept(f.name))
                                                 for f in self.seq.fields})
             cols["lens"] = new_lens
+            cols["estart"] = self.n_elements + new_end - new_lens  # where the row's behaviors start in `elements`
+            self.n_elements += int(new_end[-1])
             # The file declares the histories; flag (never alter) those that look leaky or out of order.
             row_of = np.repeat(np.arange(len(k)), new_lens)
             self.late += int((np.bincount(row_of[etime >= cols["time"][row_of]], minlength=len(k)) > 0).sum())
@@ -299,22 +308,15 @@ def _read_inputs(schema, inputs, split_col, time_unit, on_bad_row, spill) -> tup
 
 def _write(schema, spill: _Spill, out, fp, cpath, split_col, bad_rows, rows_read, extra) -> dict:
     """Order, split and number the spilled rows, then hand them to the writer in stored order."""
-    rows = read_columns(spill.rows.dir)
-    n = len(rows["time"])
-    time = np.asarray(rows["time"])
-    user = spill.ranks("user")[rows["user"]]
-    order = np.lexsort((np.arange(n), user, time))  # stored order: (time, user, input row)
-    time, user = time[order], user[order]
-    split = np.asarray(rows["split"])[order].astype(np.int8) if split_col else time_split(n)
-    request = spill.ranks("request")[rows["request"][order]] if schema.request_key else request_ids(user, time)
-    del rows
+    n = spill.rows.rows
+    stored = _stored_order(spill)
     seq = spill.seq
     if seq is not None:
         extra["history_checks"] = {"rows_with_behaviors_not_before_impression": spill.late,
                                    "rows_with_unsorted_history": spill.unsorted}
     content = None
     if cpath is not None:
-        content = _load_content(schema, cpath, spill, order)
+        content = _load_content(schema, cpath, spill, stored)
         uniq = np.array(list(spill.strings[f"cat.{schema.content.key}"])).astype(np.int64)
         extra["content"] = {"path": str(cpath), "rows": int(content.shape[0]),
                             "keys_without_vector": int((uniq >= content.shape[0]).sum())}
@@ -322,39 +324,167 @@ def _write(schema, spill: _Spill, out, fp, cpath, split_col, bad_rows, rows_read
     extra["rows_written"] = n
 
     decode = {c: spill.decoder(c) for c in spill.strings if c.startswith(("cat.", "hist."))}
-    elem_start = None
-    if seq is not None:
-        lens = read_columns(spill.rows.dir)["lens"]
-        elem_start = np.cumsum(lens) - lens  # of each row's behaviors in `elements`, input order
-        del lens  # a map of the spill: its pages stay resident while it lives
+    request_rank = spill.ranks("request") if schema.request_key else None
+    pairs = None if schema.request_key else _pairs_per_user(stored, n, len(spill.strings["user"]))
 
     def chunks():
         """The rows in stored order, CHUNK_ROWS at a time, read back from the spill (fresh maps per chunk, so
         the pages read are let go with them)."""
+        requests = _RequestIds(pairs) if pairs is not None else None  # numbers requests as the chunks come
         for a in range(0, n, CHUNK_ROWS):
-            idx = order[a:a + CHUNK_ROWS]
+            keys = _stored_slice(stored, a, a + CHUNK_ROWS)
+            idx, time, user = keys["row"], keys["time"], keys["user"]
             cols = read_columns(spill.rows.dir)
             r = {f.name: np_str(decode[f"cat.{f.name}"].take(cols[f"cat.{f.name}"][idx])) for f in schema.categorical}
             r.update({f.name: np.asarray(cols[f"num.{f.name}"][idx]) for f in schema.numeric})
-            r.update(label=np.asarray(cols["label"][idx]).astype(np.float32), time=time[a:a + CHUNK_ROWS],
-                     user=user[a:a + CHUNK_ROWS], request=request[a:a + CHUNK_ROWS])
+            request = request_rank[cols["request"][idx]] if request_rank is not None else requests(time, user)
+            r.update(label=np.asarray(cols["label"][idx]).astype(np.float32), time=time, user=user, request=request)
+            split = cols["split"][idx].astype(np.int8) if split_col else time_split(n, start=a, stop=a + len(idx))
             log: dict[str, np.ndarray] = {}
             end = start = np.zeros(len(idx), np.int64)
             if seq is not None:
                 lens = np.asarray(cols["lens"][idx]).astype(np.int64)
                 end = np.cumsum(lens)
                 start = end - lens
-                e = np.repeat(elem_start[idx] - start, lens) + np.arange(int(end[-1]) if len(idx) else 0)
+                e = np.repeat(cols["estart"][idx] - start, lens) + np.arange(int(end[-1]) if len(idx) else 0)
                 ecols = read_columns(spill.elements.dir)
                 log = {"time": np.asarray(ecols["time"][e])}
                 log.update({f.name: np_str(decode[f"hist.{f.name}"].take(ecols[f.name][e])) for f in seq.fields})
-            yield Chunk(rows=r, split=split[a:a + CHUNK_ROWS], log=log, hist_start=start, hist_end=end)
+            yield Chunk(rows=r, split=split, log=log, hist_start=start, hist_end=end)
 
     return write_chunks(out, schema=schema, fp=fp, chunks=chunks, content_raw=content, bad_rows=bad_rows,
                         extra=extra)
 
 
-def _load_content(schema: Schema, cpath: Path, spill: _Spill, order: np.ndarray) -> np.ndarray:
+def _stored_slice(folder: Path, a: int, b: int, names=KEYS) -> dict[str, np.ndarray]:
+    """Rows [a, b) of the columns `names` in `folder`, copied (the map, and the pages it read, go with this
+    call)."""
+    cols = read_columns(folder)
+    return {k: np.array(cols[k][a:b]) for k in names}
+
+
+def _stored_order(spill: _Spill) -> Path:
+    """Sort the spilled rows' keys (KEYS) on disk: runs of RUN_ROWS rows sorted in memory, then merged. Returns
+    the folder of the keys in stored order (column 'row' is the stored order itself)."""
+    runs = _sorted_runs(spill)
+    out = ColumnWriter(spill.folder / "stored")
+    _merge(runs, out)
+    out.close()
+    return out.dir
+
+
+def _sorted_runs(spill: _Spill) -> list[Path]:
+    rank = spill.ranks("user")  # users sort by value, as np.unique orders them
+    runs = []
+    for a in range(0, spill.rows.rows, RUN_ROWS):
+        cols = _stored_slice(spill.rows.dir, a, a + RUN_ROWS, ("time", "user"))
+        keys = {"time": cols["time"], "user": rank[cols["user"]], "row": np.arange(a, a + len(cols["time"]))}
+        order = np.lexsort([keys[k] for k in reversed(KEYS)])
+        run = ColumnWriter(spill.folder / f"run-{len(runs):05d}")
+        run.append(**{k: v[order] for k, v in keys.items()})
+        run.close()
+        runs.append(run.dir)
+    return runs
+
+
+class _Run:
+    """A sorted run on disk, read into a buffer of at most `size` rows at a time."""
+
+    def __init__(self, folder: Path, size: int):
+        self.folder, self.size, self.pos = folder, size, 0
+        self.rows = len(read_columns(folder)["row"])
+        self.buf = {k: np.zeros(0, np.int64) for k in KEYS}
+
+    def fill(self) -> None:
+        got = _stored_slice(self.folder, self.pos, self.pos + self.size - len(self.buf["row"]))
+        self.pos += len(got["row"])
+        self.buf = {k: np.concatenate([self.buf[k], got[k]]) for k in KEYS}
+
+    def more(self) -> bool:
+        """Rows left on disk beyond the buffer."""
+        return self.pos < self.rows
+
+    def last(self) -> tuple:
+        return tuple(int(self.buf[k][-1]) for k in KEYS)
+
+    def take(self, upto: tuple | None) -> dict[str, np.ndarray]:
+        """Remove and return the buffered rows whose keys are <= `upto` (a prefix: the buffer is sorted)."""
+        t, u, g = (self.buf[k] for k in KEYS)
+        if upto is None:
+            cut = len(g)
+        else:
+            T, U, G = upto
+            cut = int(((t < T) | ((t == T) & ((u < U) | ((u == U) & (g <= G))))).sum())
+        got = {k: v[:cut] for k, v in self.buf.items()}
+        self.buf = {k: v[cut:] for k, v in self.buf.items()}
+        return got
+
+
+def _merge(runs: list[Path], out: ColumnWriter) -> None:
+    """k-way merge of sorted runs into `out`, a bounded slice at a time."""
+    runs = [_Run(r, max(MERGE_ROWS // len(runs), 1)) for r in runs]
+    while True:
+        for r in runs:
+            r.fill()
+        runs = [r for r in runs if len(r.buf["row"])]
+        if not runs:
+            return
+        # A run's rows still on disk sort after its last buffered row, so every buffered row up to the smallest
+        # such last row is final (keys are unique: the input row breaks ties).
+        upto = min((r.last() for r in runs if r.more()), default=None)
+        parts = [r.take(upto) for r in runs]
+        merged = {k: np.concatenate([p[k] for p in parts]) for k in KEYS}
+        order = np.lexsort([merged[k] for k in reversed(KEYS)])
+        out.append(**{k: v[order] for k, v in merged.items()})
+
+
+def _new_pairs(time: np.ndarray, user: np.ndarray, prev: tuple | None) -> np.ndarray:
+    """Mask of the rows (in stored order) that start a (time, user) pair; prev: the pair before the first row."""
+    new = np.ones(len(time), bool)
+    new[1:] = (time[1:] != time[:-1]) | (user[1:] != user[:-1])
+    if prev is not None and len(time):
+        new[0] = (int(time[0]), int(user[0])) != prev
+    return new
+
+
+def _pairs_per_user(stored: Path, n: int, n_users: int) -> np.ndarray:
+    """Distinct (time, user) pairs of each user (by rank), counted over the stored order."""
+    counts, prev = np.zeros(n_users, np.int64), None
+    for a in range(0, n, CHUNK_ROWS):
+        keys = _stored_slice(stored, a, a + CHUNK_ROWS)
+        new = _new_pairs(keys["time"], keys["user"], prev)
+        counts += np.bincount(keys["user"][new], minlength=n_users)
+        prev = (int(keys["time"][-1]), int(keys["user"][-1]))
+    return counts
+
+
+class _RequestIds:
+    """prepare.request_ids over the stored order, one chunk after another: ids number the (user, time) pairs
+    sorted by user then time. A user's pairs come in time order (the stored order is by time), so a pair's id is
+    its user's first id plus how many of the user's pairs came before it."""
+
+    def __init__(self, pairs_per_user: np.ndarray):
+        self.first = np.cumsum(pairs_per_user) - pairs_per_user
+        self.seen = np.zeros(len(pairs_per_user), np.int64)
+        self.prev, self.last = None, -1  # the pair and id of the previous chunk's last row
+
+    def __call__(self, time: np.ndarray, user: np.ndarray) -> np.ndarray:
+        new = _new_pairs(time, user, self.prev)
+        u = user[new]
+        by_user = np.argsort(u, kind="stable")
+        su = u[by_user]
+        starts = np.flatnonzero(np.r_[True, su[1:] != su[:-1]])
+        earlier = np.empty(len(u), np.int64)  # the user's pairs earlier in this chunk
+        earlier[by_user] = np.arange(len(u)) - np.repeat(starts, np.diff(np.r_[starts, len(u)]))
+        ids = self.first[u] + self.seen[u] + earlier
+        self.seen += np.bincount(u, minlength=len(self.seen))
+        out = np.r_[self.last, ids][np.cumsum(new)]  # a row takes the id of its pair's first row
+        if len(time):
+            self.prev, self.last = (int(time[-1]), int(user[-1])), int(out[-1])
+        return out
+
+
+def _load_content(schema: Schema, cpath: Path, spill: _Spill, stored: Path) -> np.ndarray:
     try:
         table = np.load(cpath, mmap_mode="r")
     except (ValueError, OSError, EOFError) as e:  # not a .npy array (a pickle, text, a truncated file)
@@ -368,12 +498,21 @@ def _load_content(schema: Schema, cpath: Path, spill: _Spill, order: np.ndarray)
     ok = np_bool(pc.match_substring_regex(pa.array(uniq, pa.string()), r"^[0-9]{1,18}$"))
     if not ok.all():
         badv = uniq[int(np.argmin(ok))]
-        codes = read_columns(spill.rows.dir)[f"cat.{key}"]
-        g = int(order[np.flatnonzero(codes[order] == values[badv])[0]])  # its first row in stored order
+        g = _first_stored(spill, stored, f"cat.{key}", values[badv])
         raise DataError(f"{spill.where(g)}: field {key!r}: the content table {cpath} is "
                         f"indexed by the raw integer value of {key!r}, got {short(str(badv))} "
                         f"({int((~ok).sum())} distinct non-integer value(s))")
     return table
+
+
+def _first_stored(spill: _Spill, stored: Path, column: str, code: int) -> int:
+    """The input row of the first row in stored order whose `column` holds `code`."""
+    for a in range(0, spill.rows.rows, CHUNK_ROWS):
+        rows = _stored_slice(stored, a, a + CHUNK_ROWS)["row"]
+        hit = np.flatnonzero(read_columns(spill.rows.dir)[column][rows] == code)
+        if len(hit):
+            return int(rows[hit[0]])
+    raise RuntimeError(f"bug: no row holds code {code} of {column}")
 
 
 def prepare_from_schema_file(schema_path: str | Path, inputs: list[str | Path], out: str | Path,

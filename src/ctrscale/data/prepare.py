@@ -162,14 +162,13 @@ def write_prepared(root: str | Path, *, schema: Schema, fp: str, rows: dict[str,
                         bad_rows=bad_rows, shard_rows=shard_rows, extra=extra)
 
 
-def time_split(n: int, fractions=(0.8, 0.1, 0.1)) -> np.ndarray:
-    """Split index by position of rows already in time order: first 80% train, next 10% valid, rest test."""
+def time_split(n: int, fractions=(0.8, 0.1, 0.1), start: int = 0, stop: int | None = None) -> np.ndarray:
+    """Split index by position of rows already in time order: first 80% train, next 10% valid, rest test.
+    start/stop: only the rows [start, stop) of the n (a streaming preparer asks one chunk at a time)."""
     n_train = n * round(fractions[0] * 100) // 100
     n_valid = n * round(fractions[1] * 100) // 100
-    out = np.full(n, 2, np.int8)
-    out[:n_train] = 0
-    out[n_train:n_train + n_valid] = 1
-    return out
+    pos = np.arange(start, n if stop is None else stop)
+    return np.where(pos < n_train, 0, np.where(pos < n_train + n_valid, 1, 2)).astype(np.int8)
 
 
 def request_ids(user: np.ndarray, time: np.ndarray) -> np.ndarray:

@@ -339,7 +339,7 @@ class DatasetWriter:
         self.log = ColumnWriter(self.root / "log")
         self._shards: dict[str, list[ColumnWriter]] = {}
         self.stats = {s: {"rows": 0, "positives": 0} for s in SPLITS}
-        self._hist_lens: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
+        self._hist_lens: dict[str, Counter] = {s: Counter() for s in SPLITS}  # length -> rows (not per row)
 
     def abort(self) -> None:
         """Drop the partial preparation (the previous one in `final`, if any, stays)."""
@@ -412,7 +412,8 @@ class DatasetWriter:
             start += take
         self.stats[split]["rows"] += n
         self.stats[split]["positives"] += int(lab.sum())
-        self._hist_lens[split].append(cols["hist_end"] - cols["hist_start"])
+        lens, counts = np.unique(cols["hist_end"] - cols["hist_start"], return_counts=True)
+        self._hist_lens[split].update(dict(zip(lens.tolist(), counts.tolist())))
 
     def finish(self, *, name: str, fp: str, vocabs: dict[str, Vocab], max_len: int, schema: dict | None = None,
                content: np.ndarray | None = None, bad_rows: dict | None = None, extra: dict | None = None) -> dict:
@@ -447,13 +448,16 @@ class DatasetWriter:
                "vocab_sizes": {k: len(v) for k, v in vocabs.items()}, **extra}
         edges = [0, 1, 10, 50, 100, 200, 500, 1000, 2000, 5000, 10_000, np.iinfo(np.int64).max]
         for s in SPLITS:
-            lens = np.concatenate(self._hist_lens[s]) if self._hist_lens[s] else np.zeros(0, np.int64)
-            hist, _ = np.histogram(lens, bins=edges)
+            lens = np.array(list(self._hist_lens[s]), np.int64)
+            counts = np.array(list(self._hist_lens[s].values()), np.int64)
+            n = int(counts.sum())
+            hist, _ = np.histogram(lens, bins=edges, weights=counts)
+            # Integer sums, then one division: exactly numpy's mean over the rows' lengths (sums below 2**53).
             rep["splits"][s] = {
                 **self.stats[s],
-                "mean_history_len": {str(m): float(np.minimum(lens, m).mean()) if len(lens) else 0.0
+                "mean_history_len": {str(m): int((np.minimum(lens, m) * counts).sum()) / n if n else 0.0
                                      for m in sorted({max_len, 50, 1024})},
-                "max_history_len": int(lens.max()) if len(lens) else 0,
+                "max_history_len": int(lens.max()) if n else 0,
                 "history_len_histogram": {f"[{edges[i]},{edges[i + 1]})" if i < len(edges) - 2
                                           else f">={edges[i]}": int(c) for i, c in enumerate(hist)},
             }
