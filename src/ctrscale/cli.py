@@ -78,11 +78,15 @@ def cmd_distill(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .train.inference import evaluate, load_trained
+    from .train.inference import checked_metrics, load_trained, predict, write_predictions
     cfg, data, model, device = load_trained(args.run, args.checkpoint)
     max_len = cfg.data.max_len or data.spec.max_len
-    m = evaluate(model, data, args.split, max_len, cfg.data.eval_batch_size, device, cfg.train.precision)
-    print(json.dumps(m, indent=1))
+    p = predict(model, data, args.split, max_len, cfg.data.eval_batch_size, device, cfg.train.precision,
+                fraction=args.fraction)
+    if args.predictions:
+        write_predictions(p, args.predictions)
+        print(f"predictions of {len(p['row']):,} rows written to {args.predictions}", file=sys.stderr)
+    print(json.dumps(checked_metrics(p, args.split), indent=1))
     return 0
 
 
@@ -164,6 +168,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("run", help="run folder (holds config.yaml and best.pt)")
     s.add_argument("--split", default="test", choices=["train", "valid", "test"])
     s.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    s.add_argument("--predictions", help="also write each row's prediction (row, request, user, label, prob) "
+                   "to this Parquet file")
+    s.add_argument("--fraction", type=float, default=1.0, help="< 1: only this fixed random share of the "
+                   "split's requests (whole requests; the same share every time)")
     s.set_defaults(fn=cmd_eval)
 
     a = sub.add_parser("analyze", help="analyses of trained runs").add_subparsers(dest="analyze_cmd", required=True)

@@ -13,6 +13,7 @@ and keeps the chosen log positions beside the prepared data; batches then only i
 """
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 
@@ -31,9 +32,27 @@ class Searcher:
     """Picks R_c for rows of one prepared dataset (holds its content table and the item x item cosines)."""
 
     def __init__(self, data, cfg: CandidateSequence):
-        spec = data.spec
-        self.data, self.cfg, self.log_ids, self.log_time = data, cfg, data.log_ids, data.log_time
+        self._setup(data.spec, cfg, data.content)
+        self.data, self.log_ids, self.log_time = data, data.log_ids, data.log_time
         self._splits: dict[str, np.ndarray] = {}
+
+    @classmethod
+    def standalone(cls, spec, cfg: CandidateSequence, content: np.ndarray | None) -> "Searcher":
+        """A searcher over no prepared dataset (serving): `on_log` gives it each request's history."""
+        self = cls.__new__(cls)
+        self._setup(spec, cfg, lambda: content)
+        self.data, self._splits = None, {}
+        self.log_ids, self.log_time = np.zeros((0, len(spec.hist)), np.int64), np.zeros(0, np.int64)
+        return self
+
+    def on_log(self, log_ids: np.ndarray, log_time: np.ndarray) -> "Searcher":
+        """This searcher over another behavior log (one request's history); the content tables are shared."""
+        out = copy.copy(self)
+        out.log_ids, out.log_time, out.data, out._splits = log_ids, log_time, None, {}
+        return out
+
+    def _setup(self, spec, cfg: CandidateSequence, content_of) -> None:
+        self.cfg = cfg
         if cfg.by == "content":
             if spec.content_key is None:
                 raise ConfigError(f"{spec.name}: soft search (by='content') needs a content table in the schema")
@@ -41,7 +60,7 @@ class Searcher:
             self.field = next((j for j, a in enumerate(spec.hist_to_sparse) if a == item_col), -1)
             if self.field < 0:
                 raise ConfigError(f"{spec.name}: no behavior field carries the content key {spec.content_key!r}")
-            content = data.content().astype(np.float32)
+            content = content_of().astype(np.float32)
             norm = np.linalg.norm(content, axis=1, keepdims=True)
             self.content = content / np.maximum(norm, 1e-12)
             self.table = self.content @ self.content.T if len(content) <= TABLE_MAX_ITEMS else None

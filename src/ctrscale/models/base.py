@@ -53,6 +53,18 @@ class CTRModel(nn.Module):
     def encode_user(self, context: Batch) -> UserState:
         return UserState(context)
 
+    @property
+    def reuses_user_state(self) -> bool:
+        """encode_user does work the candidates share (serving caches its UserState across requests)."""
+        return type(self).encode_user is not CTRModel.encode_user
+
+    def extend_user(self, state: UserState, context: Batch, new: int) -> UserState | None:
+        """The state of `context`, whose history is `state`'s followed by `new` more recent behaviors, computed by
+        encoding only those; None (the default) when the model's history states cannot be extended exactly (they
+        depend on later behaviors), and the caller encodes afresh. encode_user must read only the user fields
+        and the history (the serving cache's key)."""
+        return None
+
     def score_candidates(self, state: UserState, cand_sparse: Tensor, cand_dense: Tensor,
                          cand_hist: Tensor | None = None, cand_hist_time: Tensor | None = None) -> Tensor:
         """(R, C, F) candidate rows (and their (R, C, K, F_hist) candidate-specific behaviors) -> (R, C) logits.

@@ -10,6 +10,7 @@ History states never depend on the candidate: request scoring encodes the histor
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -54,12 +55,17 @@ class HSTULayer(nn.Module):
     def _finish(self, x: Tensor, att: Tensor, u: Tensor) -> Tensor:
         return x + self.out(self.norm_att(merge_heads(att)) * u)
 
-    def history(self, x: Tensor, times: Tensor, valid: Tensor):
+    def history(self, x: Tensor, times: Tensor, valid: Tensor, past: tuple[Tensor, Tensor] | None = None):
+        """(B, n, D) behavior states -> next states and this layer's (K, V) cache. past: the cached (K, V) of
+        earlier behaviors (extension): x is then the n most recent of len(times) behaviors."""
         u, v, q, k = self._project(x)
-        n = x.shape[1]
-        pos = torch.arange(n, device=x.device)
-        allowed = (pos[:, None] >= pos[None, :]) & valid[:, None, None, :]
-        bias = self.bias(times[:, :, None], times[:, None, :], pos[:, None] - pos[None, :]).unsqueeze(1)
+        if past is not None:
+            k, v = torch.cat([past[0], k], 2), torch.cat([past[1], v], 2)
+        n, total = x.shape[1], k.shape[2]
+        pos = torch.arange(total, device=x.device)
+        q_pos = pos[total - n:]
+        allowed = (q_pos[:, None] >= pos[None, :]) & valid[:, None, None, :]
+        bias = self.bias(times[:, total - n:, None], times[:, None, :], q_pos[:, None] - pos[None, :]).unsqueeze(1)
         return self._finish(x, attention_function("pointwise")(q, k, v, allowed, bias), u), (k, v)
 
     def candidates(self, x: Tensor, cache, t_cand: Tensor, times: Tensor, valid: Tensor) -> Tensor:
@@ -88,6 +94,19 @@ class HSTU(CTRModel):
             x, cache = layer.history(x, context.hist_time, context.hist_mask)
             caches.append(cache)
         return UserState(context, caches, profile=self.emb.profile(context.sparse).flatten(-2))
+
+    def extend_user(self, state: UserState, context: Batch, new: int) -> UserState:
+        """Causal states with pairwise biases, normalised by the keys up to each query: the first behaviors'
+        states do not change when more arrive, so only the `new` ones are encoded, against the cached K/V."""
+        old = state.context
+        ctx = dataclasses.replace(context, hist=torch.cat([old.hist, context.hist[:, -new:]], 1),
+                                  hist_time=torch.cat([old.hist_time, context.hist_time[:, -new:]], 1))
+        x = self.emb.hist(ctx.hist[:, -new:]).flatten(-2)
+        caches = []
+        for layer, past in zip(self.layers, state.caches):
+            x, cache = layer.history(x, ctx.hist_time, ctx.hist_mask, past)
+            caches.append(cache)
+        return UserState(ctx, caches, profile=state.profile)
 
     def score_candidates(self, state: UserState, cand_sparse: Tensor, cand_dense: Tensor, cand_hist=None,
                          cand_hist_time=None) -> Tensor:  # R_c unused

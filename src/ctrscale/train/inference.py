@@ -27,8 +27,10 @@ def trains_listwise(model: CTRModel, setting: bool | None = None) -> bool:
 
 @torch.no_grad()
 def predict(model: nn.Module, data, split: str, max_len: int, batch_size: int, device: torch.device,
-            precision: str = "auto", num_workers: int = 0, world: World | None = None) -> dict[str, np.ndarray]:
-    """Probabilities for a whole split, in its stored order, with labels and user keys. Rows are scored in
+            precision: str = "auto", num_workers: int = 0, world: World | None = None,
+            fraction: float = 1.0) -> dict[str, np.ndarray]:
+    """Probabilities for a whole split (or, fraction < 1, for a fixed random share of its requests), in stored
+    order, with the rows' indices, labels, user and request keys. Rows are scored in
     batches of similar history length (cheaper with trimmed padding) and put back in order; a batch holds at most
     `batch_size` rows and batch_size x 64 behavior tokens, so long histories come in smaller batches.
     Distributed: each rank scores every world.size-th batch and all ranks receive the whole split."""
@@ -38,13 +40,14 @@ def predict(model: nn.Module, data, split: str, max_len: int, batch_size: int, d
     listwise = trains_listwise(model)  # a request's history encoded once for all its candidates
     loader = Loader(data, split, LoaderConfig(batch_size=batch_size, max_len=max_len, shuffle=False,
                                               num_workers=num_workers, length_window=16, listwise=listwise,
-                                              max_tokens=batch_size * 64, cand_seq=model.needs.cand_seq))
+                                              max_tokens=batch_size * 64, cand_seq=model.needs.cand_seq,
+                                              fraction=fraction))
     everything = loader.plan(0)
     plan = everything[world.rank::world.size]
     # sharded tables look rows up with collectives: every rank scores as many batches (extras discarded)
     extra = -(-len(everything) // world.size) - len(plan) if world.distributed and shards_of(model) else 0
     rows = np.concatenate(plan) if plan else np.zeros(0, np.int64)
-    probs, labels, users = [], [], []
+    probs, labels, users, requests = [], [], [], []
     for i, batch in enumerate(loader.batches(plan + everything[:1] * extra)):
         batch = batch.to(device)
         with autocast_for(device, precision):
@@ -56,22 +59,31 @@ def predict(model: nn.Module, data, split: str, max_len: int, batch_size: int, d
         probs.append(torch.sigmoid(logits.float()).cpu())
         labels.append(batch.label.cpu())
         users.append(batch.user.cpu())
+        requests.append(batch.request.cpu())
     model.train(was)
     cat = lambda xs: torch.cat(xs).numpy() if xs else np.zeros(0)  # noqa: E731
-    parts = world.gather((rows, cat(probs), cat(labels), cat(users)))
+    parts = world.gather((rows, cat(probs), cat(labels), cat(users), cat(requests)))
     rows = np.concatenate([p[0] for p in parts])
-
-    def in_order(k):
-        out = np.concatenate([p[k] for p in parts])
-        placed = np.empty_like(out)
-        placed[rows] = out
-        return placed
-    return {"prob": in_order(1), "label": in_order(2), "user": in_order(3)}
+    order = np.argsort(rows, kind="stable")
+    in_order = lambda k: np.concatenate([p[k] for p in parts])[order]  # noqa: E731
+    return {"row": rows[order], "prob": in_order(1), "label": in_order(2), "user": in_order(3),
+            "request": in_order(4)}
 
 
 def evaluate(model, data, split, max_len, batch_size, device, precision="auto", world: World | None = None) -> dict:
     p = predict(model, data, split, max_len, batch_size, device, precision, world=world)
     return checked_metrics(p, split)
+
+
+def write_predictions(p: dict, path: str | Path) -> None:
+    """predict()'s output as a Parquet table (row index in the split, request and user keys, label, probability)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(pa.table({k: p[k] for k in ("row", "request", "user", "label", "prob")}), tmp)
+    tmp.replace(path)
 
 
 def checked_metrics(p: dict, split: str) -> dict:
@@ -83,8 +95,10 @@ def checked_metrics(p: dict, split: str) -> dict:
     return metrics.evaluate(p["label"], p["prob"], p["user"])
 
 
-def load_trained(run: str | Path, checkpoint: str = "best") -> tuple[RunConfig, object, CTRModel, torch.device]:
-    """A finished (or stopped) run's config, dataset, and model with its best.pt / last.pt weights loaded."""
+def load_trained(run: str | Path, checkpoint: str = "best", serving: bool = True
+                 ) -> tuple[RunConfig, object, CTRModel, torch.device]:
+    """A finished (or stopped) run's config, dataset, and model with its best.pt / last.pt weights loaded, in eval
+    mode and (serving=True) with its serving caches precomputed (`CTRModel.for_serving`)."""
     run = Path(run)
     if not (run / "config.yaml").exists():
         raise RunError(f"{run}: not a run folder (no config.yaml); give the folder a `ctrscale train` wrote")
@@ -102,4 +116,5 @@ def load_trained(run: str | Path, checkpoint: str = "best") -> tuple[RunConfig, 
     if cfg.distill is not None and checkpoint == "last":  # last.pt holds student and teacher together
         state = {k[len("student."):]: v for k, v in state.items() if k.startswith("student.")}
     model.load_state_dict(state)
-    return cfg, data, model.eval().for_serving(), device
+    model.eval()
+    return cfg, data, model.for_serving() if serving else model, device
