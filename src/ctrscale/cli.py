@@ -1,4 +1,5 @@
-"""Command line: `ctrscale ls | data prepare | train | distill | eval | analyze | compare | scale | demo`."""
+"""Command line: `ctrscale ls | data prepare | train | distill | eval | export | serve | analyze | compare | scale |
+demo`."""
 from __future__ import annotations
 
 import argparse
@@ -90,6 +91,43 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .serving.bundle import export_bundle
+    out = export_bundle(args.run, args.out, args.checkpoint, compile=args.compile, overwrite=args.overwrite)
+    man = json.loads((out / "manifest.json").read_text())
+    print(f"bundle of {man['model']} ({len(man['files'])} files) written to {out}")
+    for part, what in (man.get("compiled") or {}).items():
+        print(f"  compiled {part}: {what}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    import logging
+
+    import torch
+    import uvicorn
+
+    from .serving.app import Service, create_app
+    from .serving.features import Limits
+    token = args.token or os.environ.get("CTRSCALE_TOKEN") or None
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    limits = Limits(args.max_candidates, args.max_history, int(args.max_body_mib * 2**20))
+    service = Service(args.source, args.cache_mib, limits, token)
+    ok, msg = service.reload()  # load before listening: a bundle that does not load stops here, in one line
+    if not ok:
+        raise ConfigError(msg)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not token:
+        print(f"ctrscale serve: warning: listening on {args.host} without a token (set --token or CTRSCALE_TOKEN)",
+              file=sys.stderr)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    print(f"serving {msg} on http://{args.host}:{args.port} (POST /v1/score; GET /v1/model, /metrics); "
+          f"SIGHUP or POST /v1/admin/reload swaps in a new bundle", file=sys.stderr)
+    uvicorn.run(create_app(service, load_on_start=False), host=args.host, port=args.port, log_level="warning",
+                access_log=False)
+    return 0
+
+
 def cmd_analyze_attention(args) -> int:
     from .analysis import analyze_attention
     report = analyze_attention(args.run, args.split, args.samples, Path(args.out) if args.out else None)
@@ -173,6 +211,27 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--fraction", type=float, default=1.0, help="< 1: only this fixed random share of the "
                    "split's requests (whole requests; the same share every time)")
     s.set_defaults(fn=cmd_eval)
+
+    s = sub.add_parser("export", help="write a run's servable bundle (weights, vocabularies, statistics, schema)")
+    s.add_argument("run", help="run folder (holds config.yaml and best.pt)")
+    s.add_argument("--out", required=True, help="bundle folder to write")
+    s.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    s.add_argument("--compile", action="store_true", help="also write the user encoder and candidate scorer as "
+                   "torch.export programs (AOTInductor-compiled where a C++ compiler is present)")
+    s.add_argument("--overwrite", action="store_true", help="replace the bundle already in --out")
+    s.set_defaults(fn=cmd_export)
+
+    s = sub.add_parser("serve", help="serve a bundle (or a run folder) over HTTP: POST /v1/score")
+    s.add_argument("source", help="bundle folder (`ctrscale export`) or run folder")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--token", help="require 'Authorization: Bearer TOKEN' (default: $CTRSCALE_TOKEN, else none)")
+    s.add_argument("--cache-mib", type=float, default=256, help="user-state cache budget (MiB)")
+    s.add_argument("--max-candidates", type=int, default=10_000)
+    s.add_argument("--max-history", type=int, default=10_000)
+    s.add_argument("--max-body-mib", type=float, default=16)
+    s.add_argument("--threads", type=int, help="torch threads per request (default: torch's)")
+    s.set_defaults(fn=cmd_serve)
 
     a = sub.add_parser("analyze", help="analyses of trained runs").add_subparsers(dest="analyze_cmd", required=True)
     s = a.add_parser("attention", help="Full-Attention EST run: per-block effective rank heatmap and the AUC "
