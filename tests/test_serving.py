@@ -10,14 +10,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from conftest import raw_dir
-from serving_kit import random_run
 
 from ctrscale.cli import main as cli
 from ctrscale.data.dataset import PreparedDataset
 from ctrscale.data.movielens import prepare_movielens
 from ctrscale.models.registry import entries
 from ctrscale.serving import BundleError, RequestError, Scorer, export_bundle, load_bundle
-from ctrscale.serving.replay import RawDecoder
+from ctrscale.serving.replay import RawDecoder, random_run
 
 REUSING = ["est", "hstu", "lightsuan", "sparsectr", "suan"]
 

@@ -15,11 +15,10 @@ import time
 
 import numpy as np
 import pytest
-from serving_kit import random_run
 from test_serving import bundles, ml1m, offline_and_requests  # noqa: F401  (fixtures)
 
 from ctrscale.serving import Scorer, export_bundle
-from ctrscale.serving.replay import RawDecoder
+from ctrscale.serving.replay import RawDecoder, random_run
 
 TOKEN = "s3cret"
 

@@ -107,8 +107,9 @@ def cmd_serve(args) -> int:
     import torch
     import uvicorn
 
-    from .serving.app import Service, create_app
+    from .serving.app import Service, create_app, keep_freed_memory
     from .serving.features import Limits
+    keep_freed_memory()
     token = args.token or os.environ.get("CTRSCALE_TOKEN") or None
     if args.threads:
         torch.set_num_threads(args.threads)

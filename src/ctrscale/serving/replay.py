@@ -1,4 +1,5 @@
-"""Prepared rows back to raw requests: the offline-equality tests and the latency benchmark send these.
+"""Prepared rows back to raw requests (the offline-equality tests and the latency benchmark send these), and
+run folders with random weights to export.
 
 Every id is decoded through its vocabulary to the raw value preparation fed it (sent as text, as a client's logs
 hold it); an out-of-vocabulary id becomes a value no vocabulary holds, so it maps back to OOV; numerics are
@@ -7,7 +8,10 @@ GSU searches offline), oldest first.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import torch
 
 from ..data.dataset import PreparedDataset
 from ..data.store import OOV
@@ -61,3 +65,23 @@ class RawDecoder:
                                   "time": log_time.tolist()}
             out.append((req, rows[members]))
         return out
+
+
+def random_run(out_dir: str | Path, data: PreparedDataset, model: str, *overrides: str, seed: int = 0) -> Path:
+    """A run folder (config.yaml + best.pt) as `ctrscale train` leaves one, with random weights moved off their
+    initial values (zero biases, unit norms): equality and latency do not need trained weights, and making one
+    costs no training. `overrides` are run-config `key=value`s (name= names the folder)."""
+    from ..models.registry import build_model
+    from ..train.config import load_config, save_config
+    from ..train.runs import save_checkpoint
+    cfg = load_config(None, [f"name={model}", f"out_dir={out_dir}", f"model.name={model}", f"data.path={data.root}",
+                             *overrides])
+    torch.manual_seed(seed)
+    net = build_model(data.spec, cfg.model, content=data.content())
+    with torch.no_grad():
+        for p in net.parameters():
+            p += 0.05 * torch.randn_like(p)
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, cfg.run_dir / "config.yaml")
+    save_checkpoint({"model": net.state_dict()}, cfg.run_dir / "best.pt")
+    return cfg.run_dir
