@@ -209,6 +209,9 @@ def _bad(req):
     yield "behavior time as text", {**r, "history": h}, 422, r"history.time\[0\]: expected an integer"
     yield "null candidate value", {**r, "candidates": {**c, "genre": [None] * len(c["item_id"])}}, 422, \
         r"candidates.genre\[0\]: expected a string or a number, got null"
+    h = copy.deepcopy(r["history"])
+    h["time"][0] = 10**30
+    yield "behavior time beyond int64", {**r, "history": h}, 422, r"history.time\[0\]: .* not unix seconds"
     yield "no candidates", {**r, "candidates": {k: [] for k in c}}, 422, "candidates: at least 1"
 
 
@@ -231,3 +234,14 @@ def test_list_of_objects_equals_columns(ml1m, bundles):
     rows = lambda cols: [dict(zip(cols, vals)) for vals in zip(*cols.values())]  # noqa: E731
     as_rows = {**req, "candidates": rows(req["candidates"]), "history": rows(req["history"])}
     assert np.array_equal(scorer.score(as_rows).scores, scorer.score(req).scores)
+
+
+def test_demo_ends_by_serving_its_best_model(tmp_path):
+    """Runs everywhere (the embedded synthetic data): the demo exports its best run and scores one request."""
+    from ctrscale.demo import run_demo
+    results = run_demo(tmp_path, epochs=1, models=["din", "mlp"], options={"impressions": 6000}, progress=False)
+    served = json.loads((tmp_path / "serving.json").read_text())
+    assert served["model"] == max(results, key=lambda r: r.test["auc"]).model
+    assert served["candidates"] >= 1 and all(0 < s < 1 for s in served["scores"])
+    assert load_bundle(tmp_path / "bundle").manifest["run_path"] == str((tmp_path / "runs" / served["model"]).resolve())
+    run_demo(tmp_path, epochs=1, models=["din", "mlp"], options={"impressions": 6000}, progress=False)  # again: reused

@@ -124,6 +124,8 @@ def test_bad_input_statuses_and_messages(ml1m, bundles, server_of):  # noqa: F81
         ("not JSON", dict(body=b"user=1", headers={"Content-Type": "text/plain"}), 415, "application/json"),
         ("malformed JSON", dict(body=b'{"user": '), 422, "malformed JSON"),
         ("a JSON list", dict(body=[1, 2]), 422, "body: expected a JSON object"),
+        ("nested too deep", dict(body=b"[" * 100_000 + b"]" * 100_000), 413, "limit of"),
+        ("nested deep", dict(body=b'{"user": ' + b"[" * 20_000 + b"]" * 20_000 + b"}"), 422, "malformed JSON"),
         ("too many candidates", dict(body={**req, "candidates": many}), 413, "limit of 5"),
         ("history too long", dict(body={**req, "history": {k: (v * 401)[:401] for k, v in req["history"].items()}}),
          413, "limit of 400"),
@@ -143,7 +145,7 @@ def test_bad_input_statuses_and_messages(ml1m, bundles, server_of):  # noqa: F81
         assert got == 200 and again["scores"] == good["scores"], f"{what} harmed the next request"
     _, metrics = srv.call("GET", "/metrics")
     assert 'ctrscale_requests_total{status="500"}' not in metrics
-    assert 'ctrscale_requests_total{status="413"} 3' in metrics
+    assert 'ctrscale_requests_total{status="413"} 4' in metrics
 
 
 def test_swap_under_load_loses_no_request(ml1m, bundles, server_of, tmp_path):  # noqa: F811

@@ -183,8 +183,8 @@ def create_app(service: Service, load_on_start: bool = True) -> FastAPI:
             chunks.append(part)
         try:
             return json.loads(b"".join(chunks)), None
-        except (ValueError, UnicodeDecodeError) as e:
-            return None, _error(422, f"body: malformed JSON ({e})")
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:
+            return None, _error(422, f"body: malformed JSON ({str(e) or type(e).__name__})")
 
     @app.post("/v1/score")
     async def score(request: Request):

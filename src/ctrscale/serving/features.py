@@ -252,7 +252,12 @@ class FeatureEncoder:
             return np.zeros((0, 0), np.int64), np.zeros(0, np.int64)
         cols = self._columns(req, "history", [*self.hist_fields, "time"], self.limits.max_history,
                              ints=frozenset({"time"}))
-        times = np.asarray(cols["time"], np.int64)
+        try:
+            times = np.asarray(cols["time"], np.int64)
+        except OverflowError:
+            bad = next(i for i, v in enumerate(cols["time"]) if not TIME_MIN <= v < TIME_MAX)
+            raise RequestError(f"history.time[{bad}]: {cols['time'][bad]} is not unix seconds within 1980..2100") \
+                from None
         if len(times):
             bad = np.flatnonzero((times < TIME_MIN) | (times >= TIME_MAX))
             if len(bad):
