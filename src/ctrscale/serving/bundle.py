@@ -37,6 +37,7 @@ from ..data.store import atomic_write_text
 from ..errors import CtrscaleError
 from ..models.base import CTRModel
 from ..models.registry import build_model
+from ..train.runs import sha256_of
 from .features import FeatureEncoder, Limits
 
 FORMAT = "ctrscale-bundle"
@@ -52,14 +53,6 @@ def ctrscale_version() -> str:
         return version("ctrscale")
     except PackageNotFoundError:  # running from a source tree that was not installed
         return "unknown"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def is_bundle(path: str | Path) -> bool:
@@ -120,7 +113,7 @@ def export_bundle(run: str | Path, out: str | Path, checkpoint: str = "best", co
                     "torch": torch.__version__, "model": cfg.model_name, "run": Path(run).resolve().name,
                     "run_path": str(Path(run).resolve()), "checkpoint": checkpoint,
                     "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "max_len": max_len,
-                    "compiled": compiled, "files": {f: _sha256(tmp / f) for f in files}}
+                    "compiled": compiled, "files": {f: sha256_of(tmp / f) for f in files}}
         atomic_write_text(tmp / "manifest.json", json.dumps(manifest, indent=1))
         if out.exists():
             old = out.with_name(f".{out.name}.ctrscale-old-{os.getpid()}-{secrets.token_hex(4)}")
@@ -184,7 +177,7 @@ def load_bundle(path: str | Path, limits: Limits = Limits()) -> Bundle:
         f = path / rel
         if not f.is_file():
             raise BundleError(f"{f}: missing from the bundle; export it again")
-        if _sha256(f) != digest:
+        if sha256_of(f) != digest:
             raise BundleError(f"{f}: checksum mismatch (the file was altered or damaged); export the bundle again")
     for required in ("config.yaml", "spec.json", "weights.pt", "numerics.json", "gsu.json"):
         if required not in files:

@@ -134,7 +134,8 @@ def finished_results(run_dir: Path, cfg: dict) -> RunResult:
     return res
 
 
-def _sha256(path: Path) -> str:
+def sha256_of(path: Path) -> str:
+    """The SHA-256 of a file, read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -158,7 +159,7 @@ def _current_digest(path: Path) -> str | None:
     if known and known[:2] == (st.st_size, st.st_mtime_ns):
         return known[2]  # written by this process and unchanged: no need to read it again
     try:
-        return verify_checkpoint(path) or _sha256(path)
+        return verify_checkpoint(path) or sha256_of(path)
     except RunError:
         return None
 
@@ -172,7 +173,7 @@ def save_checkpoint(obj, path: str | Path) -> None:
         torch.save(obj, tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        new = _sha256(tmp)
+        new = sha256_of(tmp)
         current = _current_digest(path)
         atomic_write_text(_sidecar(path), "\n".join([new] + ([current] if current else [])) + "\n")
         os.replace(tmp, path)
@@ -191,7 +192,7 @@ def verify_checkpoint(path: Path) -> str | None:
     damaged = (f"{path}: the checkpoint is damaged ({{}}); restore it from a copy, or train the run again "
                f"(--overwrite)")
     if side.exists():
-        digest = _sha256(path)
+        digest = sha256_of(path)
         if digest not in side.read_text().split():
             raise RunError(damaged.format(f"its SHA-256 differs from the one recorded in {side.name}"))
         return digest
