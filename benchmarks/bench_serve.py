@@ -15,6 +15,7 @@ saturates (achieved < 90% of offered). Beside: the same request scored in-proces
 parsing share of p50) and its candidates scored in-process as independent impressions (no user-side reuse).
 
 The load generator shares the machine's cores with the server: on 2 cores its own work shows in the tail.
+Each model is served eager and, where it exports (`ctrscale export --compile`), compiled.
 
     python benchmarks/bench_serve.py [--models din suan ...] [--quick] [--out benchmarks/results/serve.json]
 """
@@ -41,7 +42,7 @@ from ctrscale.batch import Batch  # noqa: E402
 from ctrscale.data import catalog  # noqa: E402
 from ctrscale.data.dataset import PreparedDataset  # noqa: E402
 from ctrscale.reports import markdown_table, pyplot, save_figure  # noqa: E402
-from ctrscale.serving import Scorer, export_bundle  # noqa: E402
+from ctrscale.serving import BundleError, Scorer, export_bundle  # noqa: E402
 from ctrscale.serving.replay import RawDecoder, random_run  # noqa: E402
 
 MODELS = {"din": ("din", []), "suan": ("suan", []), "lightsuan": ("lightsuan", []),
@@ -172,7 +173,7 @@ async def open_loop(port: int, bodies: list[bytes], rate: float, count: int, dur
 # in-process references
 
 
-def in_process(scorer: Scorer, body: bytes, repeats: int) -> dict:
+def in_process(scorer: Scorer, body: bytes, repeats: int, independent: bool = True) -> dict:
     """Median ms of parse + Scorer.score for one body (the cache off), and of its candidates as independent
     impressions (the user re-encoded per candidate; measured on up to 100 candidates, scaled linearly)."""
     times = []
@@ -180,6 +181,9 @@ def in_process(scorer: Scorer, body: bytes, repeats: int) -> dict:
         t = time.perf_counter()
         scorer.score(json.loads(body), use_cache=False)
         times.append(time.perf_counter() - t)
+    out = {"scorer_ms": round(statistics.median(times[1:]) * 1e3, 2)}
+    if not independent:
+        return out
     enc = scorer.encoder.encode(json.loads(body))
     n = enc.num_candidates
     k = min(n, 100)
@@ -194,8 +198,7 @@ def in_process(scorer: Scorer, body: bytes, repeats: int) -> dict:
         t = time.perf_counter()
         scorer.model(flat)
         pointwise = (time.perf_counter() - t) * n / k
-    return {"scorer_ms": round(statistics.median(times[1:]) * 1e3, 2),
-            "independent_impressions_ms": round(pointwise * 1e3, 1), "independent_measured_on": k}
+    return {**out, "independent_impressions_ms": round(pointwise * 1e3, 1), "independent_measured_on": k}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -225,40 +228,53 @@ def main(argv=None):
     for label in args.models:
         name, overrides = MODELS[label]
         run = random_run(work / "runs", data, name, "data.max_len=1000", f"name={label}", *overrides)
-        bundle = export_bundle(run, work / "bundles" / label, overwrite=True)
+        res = {"points": [], "in_process": {}}
+        try:
+            t = time.perf_counter()
+            bundle = export_bundle(run, work / "bundles" / label, compile=True, overwrite=True)
+            res["compile"] = {"seconds": round(time.perf_counter() - t, 1),
+                              **json.loads((bundle / "manifest.json").read_text())["compiled"]}
+            forms = ("eager", "compiled")
+        except BundleError as e:  # the model does not export: eager only, and say why
+            bundle = export_bundle(run, work / "bundles" / label, overwrite=True)
+            res["compile"] = {"error": str(e)}
+            forms = ("eager",)
         bodies = {(n, h): [json.dumps(make_body(base[i % len(base)], catalogue, n, h, rng)).encode()
                            for i in range(40)] for n in (100, 1000) for h in (100, 1000)}
-        res = {"points": []}
-        scorer = Scorer(bundle)
-        for (n, h), bs in bodies.items():
-            res.setdefault("in_process", {})[f"N{n}-H{h}"] = in_process(scorer, bs[0], 3 if n * h < 10**6 else 2)
-        del scorer
-        for mode in ("miss", "hit"):
-            server = Server(bundle, *(["--cache-mib", "0"] if mode == "miss" else []))
-            try:
-                for (n, h), bs in bodies.items():
-                    pool = bs if mode == "miss" else bs[:4]  # hit: four users, each seen in the warm-up
-                    rates = args.rates if (n, h, mode) == (1000, 1000, "miss") else [10]
-                    for rate in rates:
-                        point = asyncio.run(open_loop(server.port, pool, rate, args.count, args.duration,
-                                                      warmup=5 if mode == "miss" else len(pool)))
-                        point.update(candidates=n, history=h, cache_mode=mode)
-                        res["points"].append(point)
-                        print(f"{label:13s} {mode:4s} N{n:<5d} H{h:<5d} {rate:5.0f}/s -> p50 {point['p50_ms']} "
-                              f"p99 {point['p99_ms']} ms, {point['achieved_rps']}/s, ok {point['ok']}/"
-                              f"{point['requests']} {point['server_median_ms']}", flush=True)
-                        if point["achieved_rps"] < 0.9 * rate or point["failed"]:
-                            break  # saturated: higher rates only grow the queue
-            finally:
-                server.stop()
+        for form in forms:
+            scorer = Scorer(bundle, compiled=form == "compiled")
+            for (n, h), bs in bodies.items():
+                res["in_process"][f"{form}-N{n}-H{h}"] = in_process(scorer, bs[0], 3 if n * h < 10**6 else 2,
+                                                                     independent=form == "eager")
+            del scorer
+        for form in forms:
+            for mode in ("miss", "hit"):
+                server = Server(bundle, *(["--cache-mib", "0"] if mode == "miss" else []),
+                                *(["--compiled"] if form == "compiled" else []))
+                try:
+                    for (n, h), bs in bodies.items():
+                        pool = bs if mode == "miss" else bs[:4]  # hit: four users, each seen in the warm-up
+                        rates = args.rates if (n, h, mode) == (1000, 1000, "miss") else [10]
+                        for rate in rates:
+                            point = asyncio.run(open_loop(server.port, pool, rate, args.count, args.duration,
+                                                          warmup=5 if mode == "miss" else len(pool)))
+                            point.update(candidates=n, history=h, cache_mode=mode, form=form)
+                            res["points"].append(point)
+                            print(f"{label:13s} {form:8s} {mode:4s} N{n:<5d} H{h:<5d} {rate:5.0f}/s -> p50 "
+                                  f"{point['p50_ms']} p99 {point['p99_ms']} ms, {point['achieved_rps']}/s, ok "
+                                  f"{point['ok']}/{point['requests']} {point['server_median_ms']}", flush=True)
+                            if point["achieved_rps"] < 0.9 * rate or point["failed"]:
+                                break  # saturated: higher rates only grow the queue
+                finally:
+                    server.stop()
         results["models"][label] = res
         write_all(results, args.out)
     write_all(results, args.out)
 
 
-def headline(res: dict, n=1000, h=1000, mode="miss", rate=10) -> dict | None:
-    return next((p for p in res["points"] if (p["candidates"], p["history"], p["cache_mode"], p["offered_rps"])
-                 == (n, h, mode, rate)), None)
+def headline(res: dict, n=1000, h=1000, mode="miss", rate=10, form="eager") -> dict | None:
+    return next((p for p in res["points"] if (p["candidates"], p["history"], p["cache_mode"], p["offered_rps"],
+                                              p["form"]) == (n, h, mode, rate, form)), None)
 
 
 def write_all(results: dict, out: str) -> None:
@@ -266,40 +282,44 @@ def write_all(results: dict, out: str) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({**results, "machine": machine()}, indent=1))
     rows = []
-    for label, res in results["models"].items():
-        miss, hit = headline(res), headline(res, mode="hit")
+    for (label, res), form in [(x, f) for x in results["models"].items() for f in ("eager", "compiled")]:
+        miss, hit = headline(res, form=form), headline(res, mode="hit", form=form)
         if miss is None:
             continue
-        ip = res["in_process"]["N1000-H1000"]
+        ip = res["in_process"][f"{form}-N1000-H1000"]
+        independent = res["in_process"]["eager-N1000-H1000"]["independent_impressions_ms"]
         target = TARGET_P99_MS.get(label)
         http_share = (miss["p50_ms"] - ip["scorer_ms"]) / miss["p50_ms"] if miss["p50_ms"] else None
-        rows.append([label, f"{miss['p50_ms']:.1f}", f"{miss['p95_ms']:.1f}", f"{miss['p99_ms']:.1f}",
+        rows.append([label, form, f"{miss['p50_ms']:.1f}", f"{miss['p95_ms']:.1f}", f"{miss['p99_ms']:.1f}",
                      f"<= {target}" + (" ok" if miss["p99_ms"] <= target else " MISSED") if target else "-",
                      f"{hit['p50_ms']:.1f} / {hit['p99_ms']:.1f}" if hit else "-",
                      f"{hit['p50_ms'] / miss['p50_ms']:.2f}" if hit else "-",
                      f"{ip['scorer_ms']:.1f}", f"{100 * http_share:.0f}%" if http_share is not None else "-",
-                     f"{ip['independent_impressions_ms']:,.0f}",
+                     f"{independent:,.0f}",
                      " / ".join(f"{k} {v}" for k, v in miss["server_median_ms"].items() if k != "total")])
-    table = markdown_table(rows, ["model", "p50 ms", "p95 ms", "p99 ms", "p99 target", "hit p50 / p99",
+    table = markdown_table(rows, ["model", "form", "p50 ms", "p95 ms", "p99 ms", "p99 target", "hit p50 / p99",
                                   "hit/miss p50", "in-process ms", "HTTP+parse share of p50",
                                   "independent impressions ms", "server median ms (miss)"])
-    detail = markdown_table([[str(x) for x in (label, p["cache_mode"], p["candidates"], p["history"],
+    detail = markdown_table([[str(x) for x in (label, p["form"], p["cache_mode"], p["candidates"], p["history"],
                                                 p["offered_rps"], p["achieved_rps"], p["p50_ms"], p["p95_ms"],
                                                 p["p99_ms"], f"{p['ok']}/{p['requests']}")]
                              for label, res in results["models"].items() for p in res["points"]],
-                            ["model", "cache", "N", "H", "offered/s", "achieved/s", "p50", "p95", "p99", "ok"])
+                            ["model", "form", "cache", "N", "H", "offered/s", "achieved/s", "p50", "p95", "p99", "ok"])
     md = out.with_suffix(".md")
     md.write_text(f"# Serving latency ({results['setup']['data']}, max_len 1000)\n\n"
                   f"Setup: {json.dumps(results['setup'])}\n\nMachine: {json.dumps(machine())}\n\n"
-                  f"## 1000 candidates, history 1000, 10 requests/s\n\n{table}\n\n## Every point\n\n{detail}\n")
+                  f"## 1000 candidates, history 1000, 10 requests/s\n\n{table}\n\n## Export with --compile\n\n"
+                  + "\n".join(f"- {label}: {json.dumps(res.get('compile'))}" for label, res in results["models"].items())
+                  + f"\n\n## Every point\n\n{detail}\n")
     plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5), sharey=True)
     for ax, q in zip(axes, ("p50_ms", "p95_ms", "p99_ms")):
         for label, res in results["models"].items():
-            pts = sorted((p["offered_rps"], p[q]) for p in res["points"]
-                         if (p["candidates"], p["history"], p["cache_mode"]) == (1000, 1000, "miss"))
-            if pts:
-                ax.plot(*zip(*pts), marker="o", label=label)
+            for form, style in (("eager", "-"), ("compiled", "--")):
+                pts = sorted((p["offered_rps"], p[q]) for p in res["points"] if p["form"] == form and
+                             (p["candidates"], p["history"], p["cache_mode"]) == (1000, 1000, "miss"))
+                if pts:
+                    ax.plot(*zip(*pts), style, marker="o", label=f"{label} ({form})")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("offered requests/s (open loop)")

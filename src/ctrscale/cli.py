@@ -114,7 +114,7 @@ def cmd_serve(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     limits = Limits(args.max_candidates, args.max_history, int(args.max_body_mib * 2**20))
-    service = Service(args.source, args.cache_mib, limits, token)
+    service = Service(args.source, args.cache_mib, limits, token, compiled=args.compiled)
     ok, msg = service.reload()  # load before listening: a bundle that does not load stops here, in one line
     if not ok:
         raise ConfigError(msg)
@@ -232,6 +232,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--max-history", type=int, default=10_000)
     s.add_argument("--max-body-mib", type=float, default=16)
     s.add_argument("--threads", type=int, help="torch threads per request (default: torch's)")
+    s.add_argument("--compiled", action="store_true", help="score with the bundle's exported programs "
+                   "(`ctrscale export --compile`) instead of the eager model")
     s.set_defaults(fn=cmd_serve)
 
     a = sub.add_parser("analyze", help="analyses of trained runs").add_subparsers(dest="analyze_cmd", required=True)

@@ -49,7 +49,7 @@ class WukongLayer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:                                    # (B, n, d) -> (B, n_F + n_L, d)
         fm = x @ (x.transpose(1, 2) @ self.y)                                   # (B, n, k): X X^T Y
-        fmb = self.fmb(self.fm_norm(fm.flatten(1))).view(len(x), self.n_fmb, self.dim)
+        fmb = self.fmb(self.fm_norm(fm.flatten(1))).view(x.shape[0], self.n_fmb, self.dim)
         lcb = self.lcb(x.transpose(1, 2)).transpose(1, 2)                       # (B, n_L, d)
         res = x if self.residual is None else self.residual(x.transpose(1, 2)).transpose(1, 2)
         return self.norm(torch.cat([fmb, lcb], 1) + res)

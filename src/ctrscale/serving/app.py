@@ -82,22 +82,22 @@ class Service:
     """The state behind the app: the current Scorer (swapped atomically), its source, limits, token, metrics."""
 
     def __init__(self, source: str | Path, cache_mib: float = 256, limits: Limits = Limits(),
-                 token: str | None = None, chunk: int = 1024):
+                 token: str | None = None, chunk: int = 1024, compiled: bool = False):
         self.source, self.cache_mib, self.limits, self.token, self.chunk = Path(source), cache_mib, limits, token, chunk
+        self.compiled = compiled
         self.scorer: Scorer | None = None
         self.load_error: str | None = None
         self.metrics = Metrics()
         self._tmp: list[Path] = []
 
     def _open(self, source: Path) -> Scorer:
-        if is_bundle(source):
-            return Scorer(load_bundle(source, self.limits), self.cache_mib, self.chunk, self.limits)
-        if (source / "config.yaml").is_file():  # a run folder: export it to a temporary bundle first
+        if (source / "config.yaml").is_file() and not is_bundle(source):  # a run: export a temporary bundle
             from .bundle import export_bundle
             tmp = Path(tempfile.mkdtemp(prefix="ctrscale-bundle-"))
             self._tmp.append(tmp)
-            bundle = export_bundle(source, tmp / "bundle")
-            return Scorer(load_bundle(bundle, self.limits), self.cache_mib, self.chunk, self.limits)
+            source = export_bundle(source, tmp / "bundle", compile=self.compiled)
+        if is_bundle(source):
+            return Scorer(load_bundle(source, self.limits), self.cache_mib, self.chunk, self.limits, self.compiled)
         raise CtrscaleError(f"{source}: neither a bundle (manifest.json) nor a run folder (config.yaml); give "
                             f"`ctrscale export`'s output or a run folder")
 

@@ -23,6 +23,7 @@ import os
 import shutil
 import secrets
 import time
+import warnings
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -106,8 +107,11 @@ def export_bundle(run: str | Path, out: str | Path, checkpoint: str = "best", co
         compiled = {}
         if compile:
             from .compiled import export_programs
-            compiled = export_programs(model.for_serving(), _bundle_encoder(tmp, spec, max_len, cand_seq),
-                                       tmp / "compiled")
+            with warnings.catch_warnings():  # torch's deprecation notices about its own internals
+                warnings.simplefilter("ignore", FutureWarning)
+                warnings.simplefilter("ignore", DeprecationWarning)
+                compiled = export_programs(model.for_serving(), _bundle_encoder(tmp, spec, max_len, cand_seq),
+                                           tmp / "compiled")
         files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
         manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "ctrscale": ctrscale_version(),
                     "torch": torch.__version__, "model": cfg.model_name, "run": Path(run).resolve().name,

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .bundle import Bundle, load_bundle
+from .bundle import Bundle, BundleError, load_bundle
 from .cache import Entry, UserStateCache, state_bytes
 from .features import EncodedRequest, Limits
 
@@ -32,9 +32,15 @@ class ScoreResult:
 
 class Scorer:
     def __init__(self, bundle: Bundle | str | Path, cache_mib: float = 256, chunk: int = 1024,
-                 limits: Limits = Limits()):
+                 limits: Limits = Limits(), compiled: bool = False):
+        """compiled: score with the bundle's exported programs (`ctrscale export --compile`) instead of eager."""
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle, limits)
         self.model, self.encoder = self.bundle.model, self.bundle.encoder
+        if compiled:
+            if self.bundle.compiled_dir is None:
+                raise BundleError(f"{self.bundle.path}: exported without --compile; export it again with --compile")
+            from .compiled import load_programs
+            self.model = load_programs(self.bundle.compiled_dir, self.bundle.model)
         self.chunk = chunk
         self.cache = UserStateCache(int(cache_mib * 2**20)) if self.model.reuses_user_state else None
 

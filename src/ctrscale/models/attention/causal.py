@@ -136,7 +136,10 @@ def causal_history_attention(q, k, v, times: Tensor, key_valid: Tensor, bias_fn:
 
 
 def candidate_keys(n: int, local: int, dilation: int, device=None) -> Tensor:
-    """History positions a candidate at virtual position n sees under the pattern (all of them when r = 1)."""
+    """History positions a candidate at virtual position n sees under the pattern (all of them when r = 1:
+    then without nonzero(), whose data-dependent size AOTInductor cannot compile)."""
+    if dilation == 1:
+        return torch.arange(n, device=device)
     d = n - torch.arange(n, device=device)
     return torch.nonzero((d < local) | (d % dilation == 0)).squeeze(1)
 
