@@ -28,6 +28,7 @@ bench: setup
 	$(PY) benchmarks/bench_est.py
 	$(PY) benchmarks/bench_fat.py
 	$(PY) benchmarks/bench_stream.py
+	$(PY) benchmarks/bench_serve.py
 
 clean:
 	rm -rf $(VENV) reports runs

@@ -18,7 +18,7 @@ from ctrscale.serving.features import FeatureEncoder
 MAX_LEN = 100  # not a multiple of 8: the widest history (100) is padded to 104 for the programs
 SMALL = {"din": {}, "suan": {"embed_dim": 4, "head_hidden": [16]},
          "hstu": {"embed_dim": 4, "head_hidden": [16]}, "sparsectr": {"embed_dim": 8, "dim": 16, "heads": 2},
-         "fat": {"dim": 16, "heads": 2}, "est": {"attention": "full", "dim": 16, "heads": 2}}
+         "fat": {"dim": 16, "heads": 2}, "est": {"attention": "full", "dim": 16, "heads": 2}, "wukong": {}}
 STATEFUL = {"hstu", "sparsectr", "suan"}  # the rest keep no user state (EST full attention too)
 SIZES = [(0, 2), (3, 1), (40, 7), (200, 300)]  # (behaviors, candidates); 200 is cut to MAX_LEN
 
