@@ -30,6 +30,15 @@ def ml100k(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def ml1m(tmp_path_factory):
+    from ctrscale.data.dataset import PreparedDataset
+    from ctrscale.data.movielens import prepare_movielens
+    out = tmp_path_factory.mktemp("prep") / "ml1m-u2999-ctr-v1"
+    prepare_movielens("ml1m-u2999-ctr-v1", raw_dir("ml-1m-u2999"), out)
+    return PreparedDataset(out)
+
+
+@pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
     """A small synthetic dataset: available everywhere, fast to prepare."""
     from ctrscale.data.dataset import PreparedDataset

@@ -9,23 +9,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import raw_dir
 
 from ctrscale.cli import main as cli
-from ctrscale.data.dataset import PreparedDataset
-from ctrscale.data.movielens import prepare_movielens
 from ctrscale.models.registry import entries
 from ctrscale.serving import BundleError, RequestError, Scorer, export_bundle, load_bundle
 from ctrscale.serving.replay import RawDecoder, random_run
 
 REUSING = ["est", "hstu", "lightsuan", "sparsectr", "suan"]
-
-
-@pytest.fixture(scope="module")
-def ml1m(tmp_path_factory):
-    out = tmp_path_factory.mktemp("prep") / "ml1m-u2999-ctr-v1"
-    prepare_movielens("ml1m-u2999-ctr-v1", raw_dir("ml-1m-u2999"), out)
-    return PreparedDataset(out)
 
 
 @pytest.fixture(scope="module")

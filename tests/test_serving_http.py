@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 import pytest
-from test_serving import bundles, ml1m, offline_and_requests  # noqa: F401  (fixtures)
+from test_serving import bundles, offline_and_requests  # noqa: F401  (a fixture and a helper)
 
 from ctrscale.serving import Scorer, export_bundle
 from ctrscale.serving.replay import RawDecoder, random_run
@@ -80,7 +80,7 @@ def server_of():
 
 
 @pytest.mark.parametrize("name", ["suan", "est"])
-def test_http_equals_scorer_equals_offline(name, ml1m, bundles, server_of, tmp_path):  # noqa: F811
+def test_http_equals_scorer_equals_offline(name, ml1m, bundles, server_of, tmp_path):
     run, bundle = bundles(name)
     prob, requests = offline_and_requests(ml1m, run, tmp_path)
     srv = server_of(bundle)
@@ -107,7 +107,7 @@ def test_http_equals_scorer_equals_offline(name, ml1m, bundles, server_of, tmp_p
     assert status == 200 and len(out["scores"]) == 2
 
 
-def test_bad_input_statuses_and_messages(ml1m, bundles, server_of):  # noqa: F811
+def test_bad_input_statuses_and_messages(ml1m, bundles, server_of):
     _, bundle = bundles("din")
     srv = server_of(bundle, "--max-candidates", "5", "--max-history", "400", "--max-body-mib", "0.05")
     req = max((r for r, _ in RawDecoder(ml1m).requests("test", np.arange(300))),
@@ -148,7 +148,7 @@ def test_bad_input_statuses_and_messages(ml1m, bundles, server_of):  # noqa: F81
     assert 'ctrscale_requests_total{status="413"} 4' in metrics
 
 
-def test_swap_under_load_loses_no_request(ml1m, bundles, server_of, tmp_path):  # noqa: F811
+def test_swap_under_load_loses_no_request(ml1m, bundles, server_of, tmp_path):
     run_a, bundle_a = bundles("suan")
     other = random_run(tmp_path / "runs", ml1m, "suan", "name=other", seed=1)
     bundle_b = export_bundle(other, tmp_path / "b")
