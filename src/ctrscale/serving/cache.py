@@ -2,7 +2,7 @@
 
 Key: (user key, fingerprint of the user fields, fingerprint of the history as cut to max_len). Every reusing
 model's encode_user reads only the user fields and the history (never the request time, the context fields or the
-candidates; tests/test_serving_cache.py holds each to it), so a hit is exact. LRU under a byte budget measured from
+candidates; tests/test_serving.py holds each to it), so a hit is exact. LRU under a byte budget measured from
 the state's tensors. One cache per Scorer (per bundle and worker process): a swapped-in bundle starts empty.
 """
 from __future__ import annotations

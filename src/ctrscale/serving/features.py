@@ -86,6 +86,9 @@ class FeatureEncoder:
         self.user_fields = [f for f in (*spec.sparse, *spec.dense) if roles[f] == "user"]
         self.context_fields = [f for f in (*spec.sparse, *spec.dense) if roles[f] == "context"]
         self.item_fields = [f for f in (*spec.sparse, *spec.dense) if roles[f] == "item"]
+        if not self.item_fields:
+            raise CtrscaleError(f"{spec.name}: the schema has no item-role field, so a request has no candidates "
+                                f"to score; give the item fields role: item")
         self.user_key = schema.get("user_key")
         self.hist_fields = list(spec.hist)
         self.user_sparse_cols = spec.sparse_of_role("user")
@@ -133,7 +136,7 @@ class FeatureEncoder:
         if not TIME_MIN <= t < TIME_MAX:
             raise RequestError(f"time: {t} is not unix seconds within 1980..2100; check the unit")
         cands = self._columns(req, "candidates", self.item_fields, self.limits.max_candidates, min_rows=1)
-        n = len(next(iter(cands.values()))) if cands else self._count_rows(req)
+        n = len(next(iter(cands.values())))
         hist_ids, hist_time = self._history(req, t, unknown)
 
         row = {**user, **context}
@@ -191,9 +194,6 @@ class FeatureEncoder:
             if k not in sec:
                 raise RequestError(f"{name}.{k}: missing")
         return sec
-
-    def _count_rows(self, req: dict) -> int:
-        raise RequestError("candidates: the schema has no item fields to score")
 
     def _columns(self, req: dict, name: str, wanted: list[str], limit: int, min_rows: int = 0,
                  ints: frozenset = frozenset()) -> dict[str, list]:

@@ -10,6 +10,7 @@ in chunks of `chunk` candidates. Usable without HTTP (a batch job, a notebook); 
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +96,5 @@ class Scorer:
 
 def _with_context(state, context):
     """A cached state read with another request's context (same user fields and history, other time/context)."""
-    import dataclasses
     old = state.context
     return dataclasses.replace(state, context=dataclasses.replace(context, hist=old.hist, hist_time=old.hist_time))
