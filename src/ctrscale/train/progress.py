@@ -1,9 +1,12 @@
 """What a run reports while it trains: metrics.csv and TensorBoard (rank 0), a progress bar and one line per epoch
-on the terminal (train.progress)."""
+on the terminal, or a progress line every 30 s where there is none (train.progress)."""
 from __future__ import annotations
 
 import csv
 import math
+import os
+import sys
+import time
 from pathlib import Path
 
 from .config import RunConfig
@@ -55,12 +58,49 @@ class MetricLog:
 
 
 def progress_bar(cfg: RunConfig, total: int, initial: int, desc: str):
-    """A tqdm bar over an epoch's steps, or None with train.progress=false."""
+    """A tqdm bar over an epoch's steps on a terminal; elsewhere (a log file, CI, a notebook), where each redraw
+    would add a line, a ProgressLines; None with train.progress=false."""
     if not cfg.train.progress:
         return None
+    if not sys.stderr.isatty():
+        return ProgressLines(total, initial, desc, cfg.data.batch_size,
+                             float(os.environ.get("CTRSCALE_PROGRESS_SECONDS", 30)))
     from tqdm.auto import tqdm
-    # disable=None: a bar on a terminal, none in a log file (where each redraw would add a line)
-    return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True, disable=None)
+    return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True)
+
+
+class ProgressLines:
+    """A progress line every `every` seconds (step, impressions/s, loss, time left in the epoch), for output that
+    is not a terminal: the same calls as the tqdm bar it stands in for. `every`: $CTRSCALE_PROGRESS_SECONDS
+    (default 30)."""
+
+    def __init__(self, total: int, initial: int, desc: str, batch_size: int, every: float = 30.0):
+        self.total, self.step, self.desc, self.batch_size, self.every = total, initial, desc, batch_size, every
+        self.start_step, self.t0 = initial, time.perf_counter()
+        self.last, self.loss = self.t0, None
+
+    def set_postfix(self, loss: str | None = None) -> None:
+        self.loss = loss
+
+    def update(self, n: int = 1) -> None:
+        self.step += n
+        now = time.perf_counter()
+        if now - self.last >= self.every:
+            self.last = now
+            rate = (self.step - self.start_step) / max(now - self.t0, 1e-9)   # steps per second
+            left = (self.total - self.step) / rate if rate > 0 else float("inf")
+            print(f"{self.desc}: step {self.step}/{self.total}, ~{rate * self.batch_size:,.0f} impressions/s, "
+                  f"loss {self.loss}, {_duration(left)} left in the epoch", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        pass
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "unknown time"
+    m, s = divmod(int(seconds), 60)
+    return f"{m}m{s:02d}s" if m else f"{s}s"
 
 
 def say(cfg: RunConfig | None, msg: str) -> None:
