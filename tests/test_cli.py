@@ -52,10 +52,14 @@ def test_prepare_any_csv_with_a_schema(tmp_path, capsys):
 
 
 def test_compare_two_models_over_two_seeds(tiny, tmp_path, capsys):
+    # overrides may stand anywhere, even right after --seeds
     args = ["compare", "--data", "synthetic", "--models", "mlp", "din", "din-d4:model.embed_dim=4", "--seeds", "0", "1",
-            "--out",
-            str(tmp_path), f"data.path={tiny.root}", "train.epochs=1", "data.max_len=10", "data.batch_size=512"]
+            "train.epochs=1", "--out", str(tmp_path), f"data.path={tiny.root}", "data.max_len=10",
+            "data.batch_size=512"]
     assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert f"== din-d4, seed 1 ({tmp_path}/din-d4-s1)" in printed
+    assert f"comparison written to {tmp_path}/comparison.md" in printed
     report = json.loads((tmp_path / "comparison.json").read_text())
     assert [r["seed"] for r in report["runs"]["din"]] == [0, 1]
     test = report["tests"]["din - mlp"]

@@ -6,6 +6,7 @@ import argparse
 import errno
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -276,10 +277,23 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+OVERRIDE = re.compile(r"[A-Za-z_]\w*(\.\w+)*=.*", re.S)  # key=value or section.key=value
+
+
+def overrides_last(argv: list[str]) -> list[str]:
+    """compare's overrides may stand anywhere (`compare --seeds 0 1 train.epochs=1`): moved after a `--` so that
+    --models and --seeds, which take several values, do not swallow them. (Its model entries use `label:k=v`.)"""
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command != "compare" or "--" in argv:
+        return argv
+    found = [a for a in argv if OVERRIDE.fullmatch(a)]
+    return [a for a in argv if not OVERRIDE.fullmatch(a)] + (["--", *found] if found else [])
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run a command. ctrscale's own errors (bad input, a refused action) and the OS's file errors are printed as
     one line and exit 2; any other exception is a bug and keeps its traceback. `--debug` shows every traceback."""
-    args = parser().parse_args(argv)
+    args = parser().parse_args(overrides_last(sys.argv[1:] if argv is None else list(argv)))
     if args.debug:
         return args.fn(args)
     try:

@@ -38,6 +38,8 @@ def run_compare(data: str, models: list[str], seeds: list[int], out: Path, overr
             cfg = load_config(config, [f"name={name}", f"out_dir={out}", f"data.name={data}",
                                        f"train.seed={seed}", f"train.progress={str(progress).lower()}",
                                        *overrides, *own])
+            if progress:
+                print(f"== {model}, seed {seed} ({cfg.run_dir})", flush=True)
             res = reuse_or_fit(cfg, overwrite)
             runs.setdefault(model, []).append(res)
     report = summarize(runs, out)
@@ -45,6 +47,7 @@ def run_compare(data: str, models: list[str], seeds: list[int], out: Path, overr
     (out / "comparison.md").write_text(report["markdown"])
     plot_epoch_curves(report["valid_by_epoch"], out / "valid_by_epoch.png", ("auc", "gauc"))
     print(report["markdown"])
+    print(f"comparison written to {out}/comparison.md (also comparison.json, valid_by_epoch.png); runs in {out}/")
     return report
 
 
