@@ -152,3 +152,17 @@ def test_candidate_chunks_give_the_same_scores(tiny, monkeypatch):
         monkeypatch.setattr("ctrscale.models.est.SCORE_BUDGET", 1)  # one candidate per chunk
         chunked = model.score_request(rb)
     torch.testing.assert_close(chunked, whole)
+
+
+def test_a_dataset_without_content_is_refused_saying_how_to_give_one(tiny):
+    import dataclasses
+
+    from ctrscale.errors import ConfigError
+    from ctrscale.models.registry import build_model
+    spec = dataclasses.replace(tiny.spec, content_dim=0, content_key=None)
+    with pytest.raises(ConfigError) as e:
+        build_model(spec, {"name": "est"})
+    message = str(e.value)
+    assert "content: {path: vectors.npy, dim: D, key: item_id}" in message and "row r is the vector" in message
+    runs_without = message.split("runs without one: ")[1].split(", ")
+    assert {"din", "suan", "sparsectr", "fat", "mlp"} <= set(runs_without) and "est" not in runs_without

@@ -48,16 +48,24 @@ def build_model(spec: DataSpec, model: dict | ModelChoice, content: np.ndarray |
     (`needs.content`); it becomes a buffer of the model, so a checkpoint serves without the dataset."""
     choice = resolve(model)
     name = choice.name
+    if get(name).model.needs_for(choice.config).content and (content is None or not spec.content_dim):
+        raise ConfigError(no_content_table(name, spec))
     try:
         built = get(name).model(spec, choice.config)
     except ValueError as e:  # a setting that does not fit this dataset (heads not dividing its token width, ...)
         raise ConfigError(f"model {name} on dataset {spec.name!r}: {e}") from e
     if built.needs.content:
-        if content is None:
-            raise ConfigError(f"model {name} reads item content vectors: the dataset {spec.name!r} has no content "
-                             f"table (declare `content:` in its schema)")
         built.set_content(torch.as_tensor(np.asarray(content), dtype=torch.float32))
     return built
+
+
+def no_content_table(name: str, spec: DataSpec) -> str:
+    """Why `name` cannot run on `spec`'s dataset, how to give it a content table, and which models run without."""
+    without = sorted(n for n, e in entries().items() if not e.model.needs_for(resolve({"name": n}).config).content)
+    return (f"model {name} reads item content vectors: the dataset {spec.name!r} has no content table. Declare one "
+            f"in its schema, `content: {{path: vectors.npy, dim: D, key: item_id}}`: a float .npy of shape (rows, D) "
+            f"whose row r is the vector of the item whose raw key value is r; or pick a model that runs without "
+            f"one: {', '.join(without)}")
 
 
 def default_config(name: str) -> dict:
