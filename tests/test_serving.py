@@ -235,3 +235,9 @@ def test_demo_ends_by_serving_its_best_model(tmp_path):
     assert served["candidates"] >= 1 and all(0 < s < 1 for s in served["scores"])
     assert load_bundle(tmp_path / "bundle").manifest["run_path"] == str((tmp_path / "runs" / served["model"]).resolve())
     run_demo(tmp_path, epochs=1, models=["din", "mlp"], options={"impressions": 6000}, progress=False)  # again: reused
+
+
+def test_eval_refuses_a_fraction_outside_0_1(ml1m, bundles, capsys):
+    run, _ = bundles("din")
+    assert cli(["eval", str(run), "--fraction", "2"]) == 2
+    assert "--fraction: the share of the split's requests to score, in (0, 1]; got 2.0" in capsys.readouterr().err

@@ -81,6 +81,8 @@ def cmd_distill(args) -> int:
 
 def cmd_eval(args) -> int:
     from .train.inference import checked_metrics, load_trained, predict, write_predictions
+    if not 0 < args.fraction <= 1:
+        raise ConfigError(f"--fraction: the share of the split's requests to score, in (0, 1]; got {args.fraction}")
     cfg, data, model, device = load_trained(args.run, args.checkpoint)
     max_len = cfg.data.max_len or data.spec.max_len
     p = predict(model, data, args.split, max_len, cfg.data.eval_batch_size, device, cfg.train.precision,

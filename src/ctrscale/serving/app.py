@@ -107,10 +107,12 @@ class Service:
         try:
             new = self._open(target)
         except Exception as e:  # noqa: BLE001 - whatever stops a bundle loading, the old one keeps serving
-            msg = f"{target}: not swapped in, still serving {self.scorer.name if self.scorer else 'nothing'}: " \
-                  f"{one_line(e)}"
             if not isinstance(e, (CtrscaleError, OSError)):
                 log.exception("loading %s failed", target)
+            if self.scorer is None:  # nothing served yet: the caller reports why
+                self.load_error = one_line(e)
+                return False, self.load_error
+            msg = f"{target}: not swapped in, still serving {self.scorer.name}: {one_line(e)}"
             self.load_error = msg
             log.error(msg)
             return False, msg
