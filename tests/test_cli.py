@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 
 import pytest
 from conftest import raw_dir
@@ -14,6 +16,22 @@ def test_ls_prints_the_registry(capsys):
     assert main(["ls"]) == 0
     out = capsys.readouterr().out
     assert "mlp" in out and "din" in out
+
+
+def test_ls_index_matches_the_registry():
+    # `ls` reads the static index; it must say what the registry (the imported models) says
+    from ctrscale.models.index import MODELS
+    from ctrscale.models.registry import entries
+    real = {n: (e.model.__module__.removeprefix("ctrscale.models."), e.summary) for n, e in entries().items()}
+    assert MODELS == real, "update src/ctrscale/models/index.py to match the models' @register lines"
+
+
+def test_ls_imports_no_torch():
+    code = ("import sys; from ctrscale.cli import main; assert main(['ls']) == 0; "
+            "assert 'torch' not in sys.modules, 'ls imported torch'")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "mlp " in done.stdout
 
 
 def test_prepare_twice_is_a_noop(tmp_path, capsys):
@@ -105,3 +123,69 @@ def test_compare_model_entries():
     assert label == "ls-distilled" and own == ["model.name=lightsuan", "distill.teacher={name: suan, size: size-3}"]
     with pytest.raises(ValueError, match="plain name"):
         parse_model_entry("a/b:model.name=din")
+
+
+TINY_RUN = ["--seeds", "0", "train.epochs=1", "data.max_len=10", "data.batch_size=512"]
+
+
+def test_compare_gives_both_sizes_and_warns_before_training(tiny, tmp_path, capsys):
+    args = ["compare", "--data", "synthetic", "--models", "mlp", "suan", "--out", str(tmp_path),
+            f"data.path={tiny.root}", *TINY_RUN]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    params = {m: json.loads((tmp_path / f"{m}-s0" / "results.json").read_text())["params"] for m in ("mlp", "suan")}
+    md = (tmp_path / "comparison.md").read_text()
+    lines = md.splitlines()
+    head = next(line for line in lines if line.startswith("| model |")).split(" | ")
+    for m in params:  # the first table's row of each model (the per-epoch table comes after)
+        row = next(line for line in lines if line.startswith(f"| {m} |")).split(" | ")
+        assert row[head.index("dense params")] == f"{params[m]['dense']:,}"
+        assert row[head.index("embedding params")] == f"{params[m]['embedding']:,}"
+    # SUAN's dense parameters are >2x the MLP's: named before the first run trains, from the meta-device build;
+    # its embeddings (embed_dim 8 against 16) are exactly half, within 2x, so not named
+    assert params["suan"]["dense"] > 2 * params["mlp"]["dense"]
+    assert params["mlp"]["embedding"] == 2 * params["suan"]["embedding"]
+    gap = f"dense params {params['suan']['dense']:,} (suan) vs {params['mlp']['dense']:,} (mlp)"
+    assert printed.index(f"warning: model sizes differ by more than 2x: {gap}; --embed-dim N") < printed.index("== mlp")
+    report = json.loads((tmp_path / "comparison.json").read_text())
+    assert gap in report["size_warning"] and "embedding params" not in report["size_warning"]
+    assert f"**Warning**: {report['size_warning']}." in md and report["embed_dim"] is None
+
+
+def test_compare_embed_dim_gives_every_model_one_width(tiny, tmp_path, capsys):
+    import yaml
+
+    from ctrscale.accounting import count_params
+    from ctrscale.models.registry import build_model
+    # registry widths 16, 16 and 32, and din-wide's own 32, which --embed-dim (applied after it) overrides
+    labels = ("mlp", "din-wide", "sparsectr")
+    args = ["compare", "--data", "synthetic", "--models", "mlp", "din-wide:model.embed_dim=32", "sparsectr",
+            "--embed-dim", "4", "--out", str(tmp_path), f"data.path={tiny.root}", *TINY_RUN]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    for m in labels:
+        assert yaml.safe_load((tmp_path / f"{m}-s0" / "config.yaml").read_text())["model"]["embed_dim"] == 4
+    params = {m: json.loads((tmp_path / f"{m}-s0" / "results.json").read_text())["params"] for m in labels}
+    # the same tables at one width: equal embedding parameters, a quarter of the MLP's at its default width 16
+    default = count_params(build_model(tiny.spec, {"name": "mlp"}))["embedding"]
+    assert {p["embedding"] for p in params.values()} == {default * 4 // 16}
+    report = json.loads((tmp_path / "comparison.json").read_text())
+    assert report["embed_dim"] == 4 and "embed_dim 4 for every model" in report["markdown"]
+    assert report["size_warning"] is None and "warning" not in printed.lower()  # dense within 2x too
+
+
+def test_compare_embed_dim_refuses_a_model_without_one(tiny, tmp_path, capsys):
+    args = ["compare", "--data", "synthetic", "--models", "mlp", "ffm", "--embed-dim", "8", "--out", str(tmp_path),
+            f"data.path={tiny.root}", *TINY_RUN]
+    assert main(args) == 2
+    assert "model entry 'ffm' (model ffm) has no embed_dim setting" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*-s0"))  # refused before any run trained
+
+
+def test_compare_size_warning_only_beyond_2x():
+    from ctrscale.compare import size_warning
+    size = lambda dense, emb: {"dense": dense, "embedding": emb}  # noqa: E731
+    assert size_warning({"a": size(100, 50), "b": size(200, 100)}) is None  # exactly 2x
+    assert size_warning({"a": size(100, 50), "b": size(201, 100), "c": size(150, 300)}, embed_dim=8) == (
+        "model sizes differ by more than 2x: dense params 201 (b) vs 100 (a); embedding params 300 (c) vs 50 (a); "
+        "every model is at embed_dim 8; other sizes are set per model entry (LABEL:model.KEY=VALUE)")

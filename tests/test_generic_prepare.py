@@ -406,3 +406,61 @@ def test_rows_in_later_blocks_are_named_by_their_file_row(tmp_path, tiny_blocks)
     csv.write_bytes(b"\n".join(lines) + b"\n")
     with pytest.raises(DataError, match=r"bad.csv: row 15 \(line 16\): a quoted value opens at character 4"):
         prepare_table(schema, [csv], tmp_path / "out", on_bad_row="skip")
+
+
+def test_inputs_named_by_split_match_a_split_column(tmp_path, capsys, monkeypatch):
+    from ctrscale.cli import main
+    schema_path = write_schema(tmp_path)
+    rows = make_rows()
+    by = {s: [r for r in rows if r["fold"] == s] for s in ("train", "valid", "test")}
+    parts = {"a": by["train"][:5], "b": by["train"][5:], "v": by["valid"], "t": by["test"]}
+    for name, part in parts.items():
+        write_csv(tmp_path / f"{name}.csv", part)
+    whole = write_csv(tmp_path / "whole.csv", [r for part in parts.values() for r in part])  # the same row order
+    prepare_table(load_schema(schema_path), [whole], tmp_path / "by-column", split="fold")
+    # two files for train; the order of the items does not matter (train, valid, test files are read in that order)
+    args = ["data", "prepare", "--schema", str(schema_path), "--out", str(tmp_path / "by-file"), "--input",
+            f"test={tmp_path / 't.csv'}", f"train={tmp_path / 'a.csv'}", f"valid={tmp_path / 'v.csv'}",
+            f"train={tmp_path / 'b.csv'}"]
+    assert main(args) == 0
+    _same(tmp_path / "by-column", tmp_path / "by-file")
+    rep = PreparedDataset(tmp_path / "by-file").report
+    assert {s: r["rows"] for s, r in rep["splits"].items()} == {"train": 14, "valid": 3, "test": 3}
+    assert rep["split_mode"] == "files" and rep["inputs"][0] == f"train={tmp_path / 'a.csv'}"
+    capsys.readouterr()
+    assert main(args) == 0 and "already prepared" in capsys.readouterr().out
+    # a file moved to another split is another preparation
+    assert main([*args[:-1], f"valid={tmp_path / 'b.csv'}"]) == 0
+    assert PreparedDataset(tmp_path / "by-file").report["splits"]["valid"]["rows"] == 3 + len(parts["b"])
+    # a file whose name holds '=' is read as a plain path (split by time)
+    monkeypatch.chdir(tmp_path)
+    write_csv(tmp_path / "train=x.csv", rows)
+    assert main(["data", "prepare", "--schema", str(schema_path), "--input", "train=x.csv",
+                 "--out", str(tmp_path / "plain")]) == 0
+    assert PreparedDataset(tmp_path / "plain").report["split_mode"] == "time"
+
+
+@pytest.mark.parametrize("inputs, extra, says", [
+    (["train=a.csv", "b.csv", "valid=b.csv", "test=b.csv"], [],
+     "--input mixes 'b.csv', a plain path, with 'train=a.csv', a file named by its split; name the split of every "
+     "input"),
+    (["train=a.csv", "valid=b.csv", "test=c.csv"], ["--split", "fold"],
+     "--split fold (split='fold') and inputs named by split (train=PATH ...) both say which split a row goes to; "
+     "drop --split, or give the inputs as plain paths"),
+    (["train=a.csv", "valid=b.csv", "test=c.csv"], ["--split", "time"], "drop --split"),
+    (["train=a.csv", "test=c.csv"], [],
+     "inputs by split: no valid file; give valid=PATH too (every split needs rows), or give plain paths"),
+    (["train=a.csv", "valid=b.csv", "test=a.csv"], [], "inputs by split: a.csv is given twice (train and test)"),
+    (["trian=a.csv", "valid=b.csv", "test=c.csv"], [],
+     "--input 'trian=a.csv': no such file; to name a split write train=PATH, valid=PATH or test=PATH"),
+])
+def test_inputs_named_by_split_refusals(tmp_path, capsys, monkeypatch, inputs, extra, says):
+    from ctrscale.cli import main
+    monkeypatch.chdir(tmp_path)
+    for name in ("a", "b", "c"):
+        write_csv(tmp_path / f"{name}.csv", make_rows())
+    args = ["data", "prepare", "--schema", str(write_schema(tmp_path)), "--out", "out", "--input", *inputs, *extra]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ctrscale data: error: ") and err.count("\n") == 1 and says in err, err
+    assert not (tmp_path / "out").exists()

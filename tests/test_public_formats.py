@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -291,3 +292,21 @@ def test_eleme_unequal_history_lists_name_file_row_and_field(tmp_path):
         csv.writer(f).writerows(rows)
     with pytest.raises(ValueError, match=r"D1_0.csv: row 2: field category_1_id_list: 2 values where item_id_list"):
         catalog.prepare("eleme-ctr-v1", raw_dir=str(raw))
+
+
+def test_raw_data_not_found_names_each_folder_once_and_the_flag(tmp_path, monkeypatch, capsys):
+    from ctrscale.cli import main
+    monkeypatch.setitem(catalog.RAW_FOLDERS, "amazon-ctr-v1", "amazon-missing")
+    monkeypatch.setenv("CTRSCALE_DATA", str(tmp_path))
+    monkeypatch.chdir(Path(catalog.__file__).resolve().parents[3])  # a checkout: ../shared/data is also beside it
+    assert main(["data", "prepare", "amazon-ctr-v1", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    shared = Path.cwd().resolve().parent / "shared" / "data" / "amazon-missing"
+    assert err.count(str(shared)) == 1 and err.count(str(tmp_path.resolve() / "amazon-missing")) == 1, err
+    assert err.count("\n") == 1 and "Give --raw-dir (data.raw_dir in a run config)" in err
+    # a --raw-dir that is not a folder is refused, never replaced by another copy of the data
+    assert main(["data", "prepare", "amazon-ctr-v1", "--raw-dir", str(tmp_path / "typo"),
+                 "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--raw-dir (data.raw_dir in a run config) {tmp_path / 'typo'} is not a " \
+                                   f"folder" in err

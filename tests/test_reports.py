@@ -19,6 +19,28 @@ def test_epoch_curves_are_a_png_and_leave_no_figure_open(tmp_path):
     assert pyplot().get_fignums() == []
 
 
+def test_one_epoch_curves_become_bars_of_the_final_values(tmp_path, monkeypatch):
+    import ctrscale.reports as reports
+    drawn, save = [], reports.save_figure
+    monkeypatch.setattr(reports, "save_figure", lambda fig, path, tight=True: (drawn.append(fig), save(fig, path)))
+    row = lambda e, auc, gauc: {"epoch": e, "valid_auc": auc, "valid_gauc": gauc}  # noqa: E731
+    one = {"mlp": [row(1, 0.7012, 0.6421)], "din": [row(1, 0.7158, 0.6502)], "suan": [row(1, 0.7233, 0.6611)]}
+    plot_epoch_curves(one, tmp_path / "bars.png", ("auc", "gauc"))
+    auc, gauc = drawn[0].axes
+    assert [round(b.get_height(), 4) for b in auc.patches] == [0.7012, 0.7158, 0.7233] and not auc.lines
+    assert [t.get_text() for t in gauc.texts] == ["0.6421", "0.6502", "0.6611"]  # the value on each bar
+    assert [t.get_text() for t in auc.get_xticklabels()] == ["mlp", "din", "suan"]
+    low, high = auc.get_ylim()
+    assert 0.69 < low < 0.7012 and 0.7233 < high < 0.74  # zoomed to the values, not from 0
+    assert "final epoch" in drawn[0].get_suptitle()
+    plot_epoch_curves({"mlp": [row(1, 0.70, 0.64), row(2, 0.71, 0.65)], "din": one["din"]}, tmp_path / "lines.png",
+                      ("auc", "gauc"))
+    assert len(drawn[1].axes[0].lines) == 2 and not drawn[1].axes[0].patches  # two epochs somewhere: curves
+    for name in ("bars.png", "lines.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert pyplot().get_fignums() == []
+
+
 def test_save_figure_writes_and_closes(tmp_path):
     plt = pyplot()
     fig, ax = plt.subplots()

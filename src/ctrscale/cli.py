@@ -14,9 +14,11 @@ from .errors import ConfigError, CtrscaleError, one_line
 
 
 def cmd_ls(args) -> int:
-    from .models.registry import default_config, entries
-    for name, e in sorted(entries().items()):
-        print(f"{name:12s} {e.summary}")
+    from .models.index import MODELS  # plain data: listing names imports no model and no torch
+    if args.verbose:
+        from .models.registry import default_config
+    for name, (_, summary) in sorted(MODELS.items()):
+        print(f"{name:12s} {summary}")
         if args.verbose:
             print(f"{'':12s} defaults: {json.dumps({k: v for k, v in default_config(name).items() if k != 'name'})}")
     return 0
@@ -25,18 +27,19 @@ def cmd_ls(args) -> int:
 def cmd_prepare(args) -> int:
     from .data import catalog
     if args.schema:
-        from .data.generic import prepare_from_schema_file
+        from .data.generic import inputs_by_split, prepare_from_schema_file
         if not args.input or not args.out:
-            raise ConfigError("--schema needs --input FILE [FILE ...] and --out DIR")
-        report = prepare_from_schema_file(args.schema, [Path(p) for p in args.input], Path(args.out),
+            raise ConfigError("--schema needs --input FILE [FILE ...] (or train=FILE valid=FILE test=FILE) and "
+                              "--out DIR")
+        report = prepare_from_schema_file(args.schema, inputs_by_split(args.input), Path(args.out),
                                           on_bad_row=args.on_bad_row, split=args.split, force=args.force,
                                           time_unit=args.time_unit or "s")
         out = Path(args.out)
     else:
         if not args.name:
             raise ConfigError(f"name a dataset ({', '.join(catalog.NAMES)}) or give --schema")
-        if args.input or args.time_unit:
-            raise ConfigError("--input and --time-unit apply to the generic preparer: give --schema too")
+        if args.input or args.time_unit or args.split:
+            raise ConfigError("--input, --split and --time-unit apply to the generic preparer: give --schema too")
         from .typed import apply_overrides
         options = apply_overrides({}, args.option or [])
         out, report = catalog.prepare(args.name, raw_dir=args.raw_dir, out=args.out, force=args.force, **options)
@@ -158,7 +161,7 @@ def cmd_demo(args) -> int:
 def cmd_compare(args) -> int:
     from .compare import run_compare
     run_compare(args.data, args.models, args.seeds, Path(args.out), args.overrides, args.config,
-                overwrite=args.overwrite)
+                overwrite=args.overwrite, embed_dim=args.embed_dim)
     return 0
 
 
@@ -167,7 +170,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show Python tracebacks for every error")
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("ls", help="list registered models")
-    s.add_argument("-v", "--verbose", action="store_true")
+    s.add_argument("-v", "--verbose", action="store_true", help="also print each model's default config (imports "
+                   "the models and torch, so it takes seconds)")
     s.set_defaults(fn=cmd_ls)
 
     d = sub.add_parser("data", help="data preparation").add_subparsers(dest="data_cmd", required=True)
@@ -180,11 +184,15 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--option", action="append", help="preparer option key=value: synthetic sizes (impressions, "
                    "n_users, n_items), taobao log_days, amazon negatives and seed, eleme timediff_seconds")
     s.add_argument("--schema", help="feature schema YAML for the generic preparer")
-    s.add_argument("--input", nargs="+", help="CSV/Parquet files (generic preparer)")
+    s.add_argument("--input", nargs="+", help="CSV/Parquet files (generic preparer), read one after the other and "
+                   "split by --split; or pre-split files, each named by its split: train=FILE valid=FILE test=FILE "
+                   "(each split needs a file, as a run picks its epoch on valid and scores test; a split may take "
+                   "several; no --split then)")
     s.add_argument("--on-bad-row", choices=["error", "skip"], default="error",
                    help="skip: drop bad rows and count them by reason in the report (an unclosed quote, or a "
                    "quoted value spanning lines, is refused even then)")
-    s.add_argument("--split", default="time", help="'time' (80/10/10 by time) or a column of train/valid/test")
+    s.add_argument("--split", help="'time' (the default: 80/10/10 by time) or a column of train/valid/test; not "
+                   "with split=FILE inputs")
     s.add_argument("--time-unit", choices=["s", "ms", "us", "ns"], help="unit of the impression and behavior times "
                    "(generic preparer; default s); stored as unix seconds, which must fall in 1980..2100")
     s.set_defaults(fn=cmd_prepare)
@@ -263,6 +271,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--config", help="base run config YAML")
     s.add_argument("--overwrite", action="store_true", help="retrain runs in --out whose config differs from the "
                    "one asked for (without it they are refused)")
+    s.add_argument("--embed-dim", type=int, metavar="N", help="one embedding width for every model: "
+                   "model.embed_dim=N after each entry's own overrides (registry defaults range from 8 to 32)")
     s.add_argument("overrides", nargs="*", help="dotted overrides for every run")
     s.set_defaults(fn=cmd_compare)
 

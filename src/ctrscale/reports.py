@@ -31,9 +31,14 @@ def save_figure(fig, path: Path, tight: bool = True) -> None:
 
 def plot_epoch_curves(curves: dict[str, list[dict]], path: Path, metrics: tuple[str, ...] = ("auc",)) -> None:
     """One panel per validation metric against epoch, one line per label; `curves` maps a label to its
-    `{"epoch": e, "valid_<metric>": x}` rows (a run's `epochs`, or a mean over seeds)."""
+    `{"epoch": e, "valid_<metric>": x}` rows (a run's `epochs`, or a mean over seeds). When no label has two epochs
+    (a one-epoch comparison) there is no curve to draw: bars of the final values instead."""
     plt = pyplot()
     fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4), squeeze=False)
+    if all(len(rows) < 2 for rows in curves.values()):
+        _final_epoch_bars(fig, axes[0], curves, metrics)
+        save_figure(fig, path)
+        return
     for ax, metric in zip(axes[0], metrics):
         for i, (label, rows) in enumerate(curves.items()):  # the colour cycle has 10: later lines change style
             ax.plot([r["epoch"] for r in rows], [r[f"valid_{metric}"] for r in rows], label=label,
@@ -46,3 +51,21 @@ def plot_epoch_curves(curves: dict[str, list[dict]], path: Path, metrics: tuple[
     fig.suptitle(f"Validation {' / '.join(m.upper() for m in metrics)} per epoch")
     save_figure(fig, path)
 
+
+def _final_epoch_bars(fig, axes, curves: dict[str, list[dict]], metrics: tuple[str, ...]) -> None:
+    """One bar per label with its value written on it; the y-range is zoomed to the values (AUCs that differ in
+    the third decimal would be bars of equal height from 0)."""
+    labels = [label for label, rows in curves.items() if rows]
+    many = len(labels) > 6  # the demo's whole registry: values written upright, names slanted
+    for ax, metric in zip(axes, metrics):
+        values = [curves[label][-1][f"valid_{metric}"] for label in labels]
+        bars = ax.bar(range(len(labels)), values, color=[f"C{i % 10}" for i in range(len(labels))])
+        ax.bar_label(bars, fmt="%.4f", fontsize=7, rotation=90 if many else 0, padding=2)
+        lo, hi = min(values), max(values)
+        pad = max(hi - lo, 0.002)  # equal values still get a visible range
+        ax.set_ylim(lo - pad / 2, hi + pad * (1.2 if many else 0.5))  # room above for the written values
+        ax.set_xticks(range(len(labels)), labels, fontsize=8, rotation=45 if len(labels) > 4 else 0,
+                      ha="right" if len(labels) > 4 else "center")
+        ax.set_ylabel(f"validation {metric.upper()}")
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle(f"Validation {' / '.join(m.upper() for m in metrics)} at the final epoch (one epoch: no curve)")

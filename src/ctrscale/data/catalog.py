@@ -23,17 +23,23 @@ def home() -> Path:
 
 
 def find_raw(name: str, raw_dir: str | None = None) -> Path:
+    """The folder of `name`'s raw files; every preparer of raw files (MovieLens, Taobao, Amazon, Ele.me) uses it."""
     folder = RAW_FOLDERS[name]
-    candidates = [Path(raw_dir)] if raw_dir else []
-    if os.environ.get("CTRSCALE_DATA"):
-        candidates.append(Path(os.environ["CTRSCALE_DATA"]) / folder)
+    if raw_dir:  # asked for by name: a typo must not quietly fall back to another copy
+        if not Path(raw_dir).is_dir():
+            raise FileNotFoundError(f"raw data for {name}: --raw-dir (data.raw_dir in a run config) {raw_dir} is "
+                                    f"not a folder; point it at the folder holding the {folder} files")
+        return Path(raw_dir)
+    candidates = [Path(os.environ["CTRSCALE_DATA"]) / folder] if os.environ.get("CTRSCALE_DATA") else []
     candidates.append(Path.cwd().parent / "shared" / "data" / folder)
     candidates.append(Path(__file__).resolve().parents[4] / "shared" / "data" / folder)  # beside a checkout
+    candidates = list(dict.fromkeys(c.resolve() for c in candidates))  # from a checkout, the last two are one
     for c in candidates:
         if c.is_dir():
             return c
-    raise FileNotFoundError(f"raw data for {name} not found; looked in {[str(c) for c in candidates]}. "
-                            f"Set data.raw_dir or CTRSCALE_DATA.")
+    raise FileNotFoundError(f"raw data for {name} not found; looked in {', '.join(map(str, candidates))}. Give "
+                            f"--raw-dir (data.raw_dir in a run config), or set CTRSCALE_DATA to a folder holding "
+                            f"{folder}/")
 
 
 def prepare(name: str, raw_dir: str | None = None, out: str | Path | None = None, force: bool = False,

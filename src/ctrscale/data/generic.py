@@ -13,8 +13,9 @@ Each row carries its own history. The behavior log is the concatenation of the r
 file gives them (nothing truncated: `max_len` applies at load time); histories with behaviors at or after their
 impression's time, or not sorted oldest first, are counted in the report's `history_checks` and shown as warnings
 in report.md (as are splits that are empty or hold a single label). Rows are stored ordered by
-(time, user, input row index). The split is either by position in that order (80/10/10, `split="time"`) or read from
-a column holding train/valid/test.
+(time, user, input row index). The split is either by position in that order (80/10/10, `split="time"`), read from
+a column holding train/valid/test, or given per input file (pre-split inputs: `{"train": [...], "valid": [...],
+"test": [...]}`, each row tagged with its file's split, then handled as if read from a split column).
 
 Data errors are never silent. Every data row of a file is either written or counted as skipped: for a CSV, rows
 are counted from the file's own lines (every line after the header, a line ending at \n, \r\n or a lone \r), not
@@ -76,12 +77,12 @@ import pyarrow.compute as pc
 from ..errors import DataError, one_line
 from ..schema import Schema, load_schema
 from .prepare import Chunk, time_split, write_chunks
-from .row_checks import Part, np_bool, np_str, parse_block, short
+from .row_checks import SPLIT_CODES, Part, np_bool, np_str, parse_block, short
 from .store import TIME_UNITS, ColumnWriter, check_inputs_outside, check_output, fingerprint, is_prepared, \
     read_columns, spill_folder
 from .table_reader import MissingColumnError, read_blocks, suffix_of, where
 
-__all__ = ["BadRowError", "MissingColumnError", "prepare_table", "prepare_from_schema_file"]
+__all__ = ["BadRowError", "MissingColumnError", "inputs_by_split", "prepare_table", "prepare_from_schema_file"]
 
 VERSION = 2  # 2: line accounting, UTF-8 per row, time range and unit
 RESERVED = ("label", "time", "user", "request")  # keys of the writer's rows/log dicts
@@ -95,6 +96,55 @@ _HINT = ("; fix the row, or prepare with --on-bad-row skip (on_bad_row='skip') t
 
 class BadRowError(DataError):
     """A malformed input row, named by file, row, field and value."""
+
+
+def inputs_by_split(items: list[str]) -> list[Path] | dict[str, list[Path]]:
+    """`--input` items as prepare_table takes them: plain paths, or, when every item reads `split=path` (split one
+    of train, valid, test; a split may take several files), the files of each split. An item that names an
+    existing file is a plain path even if it holds '='."""
+    tagged: dict[str, list[Path]] = {}
+    plain: list[str] = []
+    for item in items:
+        name, eq, path = item.partition("=")
+        if eq and name in SPLIT_CODES and not Path(item).is_file():
+            if not path:
+                raise DataError(f"--input {item!r}: no file after '='; write {name}=PATH")
+            tagged.setdefault(name, []).append(Path(path))
+        elif eq and not Path(item).exists():
+            raise DataError(f"--input {item!r}: no such file; to name a split write train=PATH, valid=PATH or "
+                            f"test=PATH")
+        else:
+            plain.append(item)
+    if tagged and plain:
+        first = next(i for i in items if i not in plain)
+        raise DataError(f"--input mixes {plain[0]!r}, a plain path, with {first!r}, a file named by its split; name "
+                        f"the split of every input (train=, valid=, test=), or give only plain paths and --split")
+    return tagged or [Path(p) for p in plain]
+
+
+def _split_files(inputs: dict) -> tuple[list[Path], list[int]]:
+    """Pre-split inputs {split: path or paths} -> (paths in train, valid, test order; each one's split code)."""
+    unknown = sorted(set(inputs) - set(SPLIT_CODES))
+    if unknown:
+        raise DataError(f"inputs by split: unknown split(s) {unknown}; expected {', '.join(SPLIT_CODES)}")
+    files = {s: [Path(p) for p in ([v] if isinstance(v, (str, Path)) else v)]
+             for s in SPLIT_CODES if (v := inputs.get(s))}
+    # Every split needs its own file: a run picks its best epoch on valid and scores test, and carving one split
+    # out of another would be a second, silent split rule. (A file whose rows are all skipped still leaves an
+    # empty split, which the report warns about.)
+    missing = [s for s in SPLIT_CODES if s not in files]
+    if missing:
+        raise DataError(f"inputs by split: no {' or '.join(missing)} file; give "
+                        f"{' '.join(f'{s}=PATH' for s in missing)} too (every split needs rows), or give plain paths "
+                        f"to split by time or by a column")
+    seen: dict[Path, str] = {}
+    for s, paths in files.items():
+        for p in paths:
+            if p.resolve() in seen:
+                raise DataError(f"inputs by split: {p} is given twice ({seen[p.resolve()]} and {s}); give each "
+                                f"file once")
+            seen[p.resolve()] = s
+    return [p for ps in files.values() for p in ps], [SPLIT_CODES[s] for s, ps in files.items() for _ in ps]
 
 
 def _columns(schema: Schema, split_col: str | None) -> dict[str, str]:
@@ -213,24 +263,35 @@ class _Spill:
         return where(path, is_csv, int(cols["rownum"][g]))
 
 
-def prepare_table(schema: Schema, inputs: list[str | Path], out: str | Path, on_bad_row: str = "error",
-                  split: str = "time", force: bool = False, content_path: str | Path | None = None,
+def prepare_table(schema: Schema, inputs: list[str | Path] | dict, out: str | Path, on_bad_row: str = "error",
+                  split: str | None = None, force: bool = False, content_path: str | Path | None = None,
                   time_unit: str = "s") -> dict | None:
     """Prepare CSV/TSV/Parquet files described by `schema` into `out`; returns the report, or None when `out` is
     already prepared from the same schema, options and input files (pass force=True to redo it).
 
-    split: "time" (rows ordered by (time, user, row index), first 80% train, next 10% valid, last 10% test) or the
-    name of a column holding train/valid/test. on_bad_row: "error" (raise BadRowError) or "skip" (drop and count).
+    inputs: a list of files, read one after the other; or pre-split files {"train": paths, "valid": paths,
+    "test": paths} (every split at least one file; no `split` then). split (for a list): "time", the default (rows
+    ordered by (time, user, row index), first 80% train, next 10% valid, last 10% test) or the name of a column
+    holding train/valid/test. on_bad_row: "error" (raise BadRowError) or "skip" (drop and count).
     time_unit: unit of the impression and behavior times in text or integer columns (s, ms, us, ns); stored as
     unix seconds (rounded down).
     """
     if on_bad_row not in ("error", "skip"):
         raise DataError(f"on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
-    if not split:
+    if split is not None and not split:
         raise DataError("split must be 'time' or the name of a column holding train/valid/test")
     if time_unit not in TIME_UNITS:
         raise DataError(f"time_unit must be one of {', '.join(TIME_UNITS)}, got {time_unit!r}")
-    inputs = [Path(p) for p in ([inputs] if isinstance(inputs, (str, Path)) else inputs)]
+    file_splits = None  # each input's split code, for pre-split inputs
+    if isinstance(inputs, dict):
+        if split is not None:
+            raise DataError(f"--split {split} (split={split!r}) and inputs named by split (train=PATH ...) both say "
+                            f"which split a row goes to; drop --split, or give the inputs as plain paths")
+        inputs, file_splits = _split_files(inputs)
+        split = "files"
+    else:
+        inputs = [Path(p) for p in ([inputs] if isinstance(inputs, (str, Path)) else inputs)]
+        split = split or "time"
     if not inputs:
         raise DataError("no input files")
     for p in inputs:
@@ -245,9 +306,14 @@ def prepare_table(schema: Schema, inputs: list[str | Path], out: str | Path, on_
     out = Path(out)
     cpath = _resolve_content(schema, inputs, content_path)
     check_inputs_outside(out, [*inputs, cpath])  # before anything is written: replacing `out` would delete them
-    split_col = None if split == "time" else split
+    split_col = None if split == "time" or file_splits else split
+
+    def named(p: Path, k: int) -> str:  # input k as the fingerprint and the report name it (split=path if pre-split)
+        return f"{list(SPLIT_CODES)[file_splits[k]]}={p}" if file_splits else str(p)
+
     fp = fingerprint("generic", VERSION, schema.to_dict(),
-                     {"on_bad_row": on_bad_row, "split": split, "inputs": [str(p.resolve()) for p in inputs],
+                     {"on_bad_row": on_bad_row, "split": split,
+                      "inputs": [named(p.resolve(), k) for k, p in enumerate(inputs)],
                       "content": str(cpath.resolve()) if cpath else None, "time_unit": time_unit},
                      files=inputs + ([cpath] if cpath else []))
     if not force and is_prepared(out, fp):
@@ -258,19 +324,22 @@ def prepare_table(schema: Schema, inputs: list[str | Path], out: str | Path, on_
     final.parent.mkdir(parents=True, exist_ok=True)
     with spill_folder(final) as folder:
         spill = _Spill(folder, schema)
-        bad_rows, rows_read, lines_read = _read_inputs(schema, inputs, split_col, time_unit, on_bad_row, spill)
+        bad_rows, rows_read, lines_read = _read_inputs(schema, inputs, split_col, file_splits, time_unit,
+                                                       on_bad_row, spill)
         spill.close()
-        return _write(schema, spill, out, fp, cpath, split_col, bad_rows, rows_read,
-                      extra={"inputs": [str(p) for p in inputs], "on_bad_row": on_bad_row, "split_mode": split,
-                             "time_unit": time_unit, "lines_read": lines_read})
+        return _write(schema, spill, out, fp, cpath, split != "time", bad_rows, rows_read,
+                      extra={"inputs": [named(p, k) for k, p in enumerate(inputs)], "on_bad_row": on_bad_row,
+                             "split_mode": split, "time_unit": time_unit, "lines_read": lines_read})
 
 
-def _read_inputs(schema, inputs, split_col, time_unit, on_bad_row, spill) -> tuple[dict[str, int], int, int]:
-    """Read, check and spill every block of every input; (bad rows by reason, rows read, CSV lines read)."""
+def _read_inputs(schema, inputs, split_col, file_splits, time_unit, on_bad_row,
+                 spill) -> tuple[dict[str, int], int, int]:
+    """Read, check and spill every block of every input; (bad rows by reason, rows read, CSV lines read).
+    file_splits: each input's split code (pre-split inputs), else None."""
     cols = _columns(schema, split_col)
     bad_rows: dict[str, int] = {}
     rows_read = lines_read = 0
-    for path in inputs:
+    for k, path in enumerate(inputs):
         for raw in read_blocks(path, list(cols), cols):
             rows_read += raw.lines
             lines_read += raw.lines if raw.is_csv else 0
@@ -278,6 +347,8 @@ def _read_inputs(schema, inputs, split_col, time_unit, on_bad_row, spill) -> tup
                 part, checks = parse_block(raw, schema, split_col, time_unit)
             except pa.ArrowException as e:  # a column of a type no check can read (e.g. a struct in Parquet)
                 raise DataError(f"{path}: cannot read the schema's columns: {one_line(e)}") from e
+            if file_splits is not None:  # the file's split, as a split column would have given it
+                part.split = np.full(part.n, file_splits[k], np.int8)
             bad = np.flatnonzero(part.reason >= 0)
             if on_bad_row == "error" and (raw.malformed or len(bad)):  # the earliest bad row of the file
                 first = []
@@ -306,8 +377,9 @@ def _read_inputs(schema, inputs, split_col, time_unit, on_bad_row, spill) -> tup
     return bad_rows, rows_read, lines_read
 
 
-def _write(schema, spill: _Spill, out, fp, cpath, split_col, bad_rows, rows_read, extra) -> dict:
-    """Order, split and number the spilled rows, then hand them to the writer in stored order."""
+def _write(schema, spill: _Spill, out, fp, cpath, split_by_row: bool, bad_rows, rows_read, extra) -> dict:
+    """Order, split and number the spilled rows, then hand them to the writer in stored order. split_by_row: each
+    row's split was spilled (a split column or pre-split inputs); else the split is by position (time)."""
     n = spill.rows.rows
     stored = _stored_order(spill)
     seq = spill.seq
@@ -339,7 +411,7 @@ def _write(schema, spill: _Spill, out, fp, cpath, split_col, bad_rows, rows_read
             r.update({f.name: np.asarray(cols[f"num.{f.name}"][idx]) for f in schema.numeric})
             request = request_rank[cols["request"][idx]] if request_rank is not None else requests(time, user)
             r.update(label=np.asarray(cols["label"][idx]).astype(np.float32), time=time, user=user, request=request)
-            split = cols["split"][idx].astype(np.int8) if split_col else time_split(n, start=a, stop=a + len(idx))
+            split = cols["split"][idx].astype(np.int8) if split_by_row else time_split(n, start=a, stop=a + len(idx))
             log: dict[str, np.ndarray] = {}
             end = start = np.zeros(len(idx), np.int64)
             if seq is not None:
@@ -515,11 +587,12 @@ def _first_stored(spill: _Spill, stored: Path, column: str, code: int) -> int:
     raise RuntimeError(f"bug: no row holds code {code} of {column}")
 
 
-def prepare_from_schema_file(schema_path: str | Path, inputs: list[str | Path], out: str | Path,
-                             on_bad_row: str = "error", split: str = "time", force: bool = False,
+def prepare_from_schema_file(schema_path: str | Path, inputs: list[str | Path] | dict, out: str | Path,
+                             on_bad_row: str = "error", split: str | None = None, force: bool = False,
                              content_path: str | Path | None = None, time_unit: str = "s") -> dict | None:
-    """Load a schema YAML and prepare `inputs` with it. A relative content.path is resolved against the schema
-    file's directory (unless `content_path` is given)."""
+    """Load a schema YAML and prepare `inputs` (a list of files, or pre-split {split: files}: see prepare_table)
+    with it. A relative content.path is resolved against the schema file's directory (unless `content_path` is
+    given)."""
     schema_path = Path(schema_path)
     schema = load_schema(schema_path)
     if content_path is None and schema.content is not None and not Path(schema.content.path).is_absolute():
