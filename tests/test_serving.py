@@ -226,17 +226,6 @@ def test_list_of_objects_equals_columns(ml1m, bundles):
     assert np.array_equal(scorer.score(as_rows).scores, scorer.score(req).scores)
 
 
-def test_demo_ends_by_serving_its_best_model(tmp_path):
-    """Runs everywhere (the embedded synthetic data): the demo exports its best run and scores one request."""
-    from ctrscale.demo import run_demo
-    results = run_demo(tmp_path, epochs=1, models=["din", "mlp"], options={"impressions": 6000}, progress=False)
-    served = json.loads((tmp_path / "serving.json").read_text())
-    assert served["model"] == max(results, key=lambda r: r.test["auc"]).model
-    assert served["candidates"] >= 1 and all(0 < s < 1 for s in served["scores"])
-    assert load_bundle(tmp_path / "bundle").manifest["run_path"] == str((tmp_path / "runs" / served["model"]).resolve())
-    run_demo(tmp_path, epochs=1, models=["din", "mlp"], options={"impressions": 6000}, progress=False)  # again: reused
-
-
 def test_eval_refuses_a_fraction_outside_0_1(ml1m, bundles, capsys):
     run, _ = bundles("din")
     assert cli(["eval", str(run), "--fraction", "2"]) == 2

@@ -153,8 +153,8 @@ def cmd_analyze_fields(args) -> int:
 
 def cmd_demo(args) -> int:
     from .demo import run_demo
-    run_demo(out=Path(args.out), epochs=args.epochs, models=args.models, options={"impressions": args.impressions}
-             if args.impressions else {}, overwrite=args.overwrite)
+    run_demo(out=Path(args.out), models=args.models, full=args.full, overrides=args.overrides,
+             data_options={"impressions": args.impressions} if args.impressions else None, overwrite=args.overwrite)
     return 0
 
 
@@ -279,12 +279,16 @@ def parser() -> argparse.ArgumentParser:
     from .scaling.cli import add_parser as add_scale
     add_scale(sub)
 
-    s = sub.add_parser("demo", help="the main job: prepare the synthetic default, train every model, compare")
+    s = sub.add_parser("demo", help="the main job: a curated comparison on the embedded synthetic data, a scaling "
+                       "law, the best model served; summary.md and report.html")
     s.add_argument("--out", default="reports/demo")
-    s.add_argument("--epochs", type=int, default=2)
-    s.add_argument("--models", nargs="*", help="default: every registered model")
-    s.add_argument("--impressions", type=int, help="synthetic size (default: the generator's)")
+    s.add_argument("--full", action="store_true", help="every registered model at its defaults instead of the "
+                   "curated set (much longer)")
+    s.add_argument("--models", nargs="+", help="labels of the curated set (src/ctrscale/configs/demo.yaml) or "
+                   "registered model names (at their defaults)")
+    s.add_argument("--impressions", type=int, help="synthetic data size (default: the demo config's)")
     s.add_argument("--overwrite", action="store_true", help="retrain runs in --out made under other settings")
+    s.add_argument("overrides", nargs="*", help="dotted overrides for every run, e.g. train.epochs=2")
     s.set_defaults(fn=cmd_demo)
     return p
 
@@ -293,10 +297,11 @@ OVERRIDE = re.compile(r"[A-Za-z_]\w*(\.\w+)*=.*", re.S)  # key=value or section.
 
 
 def overrides_last(argv: list[str]) -> list[str]:
-    """compare's overrides may stand anywhere (`compare --seeds 0 1 train.epochs=1`): moved after a `--` so that
-    --models and --seeds, which take several values, do not swallow them. (Its model entries use `label:k=v`.)"""
+    """compare's and demo's overrides may stand anywhere (`compare --seeds 0 1 train.epochs=1`): moved after a `--`
+    so that --models and --seeds, which take several values, do not swallow them. (compare's model entries use
+    `label:k=v`.)"""
     command = next((a for a in argv if not a.startswith("-")), None)
-    if command != "compare" or "--" in argv:
+    if command not in ("compare", "demo") or "--" in argv:
         return argv
     found = [a for a in argv if OVERRIDE.fullmatch(a)]
     return [a for a in argv if not OVERRIDE.fullmatch(a)] + (["--", *found] if found else [])

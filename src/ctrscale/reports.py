@@ -1,8 +1,10 @@
 """Markdown tables and matplotlib figures for every report ctrscale writes (demo, compare, analyses, scaling fits,
-preparation reports): one table format, one way to draw off-screen and save."""
+preparation reports): one table format, one way to draw off-screen and save, one self-contained HTML page."""
 from __future__ import annotations
 
 from pathlib import Path
+
+import numpy as np
 
 
 def markdown_table(rows: list[list[str]], columns: list[str]) -> str:
@@ -69,3 +71,63 @@ def _final_epoch_bars(fig, axes, curves: dict[str, list[dict]], metrics: tuple[s
         ax.set_ylabel(f"validation {metric.upper()}")
         ax.grid(alpha=0.3, axis="y")
     fig.suptitle(f"Validation {' / '.join(m.upper() for m in metrics)} at the final epoch (one epoch: no curve)")
+
+
+def plot_tradeoff(points: dict[str, tuple[float, float, int]], path: Path) -> None:
+    """Test AUC against inference MFLOPs per impression (log axis), one labelled point per model, its area growing
+    with dense parameters; the frontier (no model more accurate for less) is joined by a line."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    labels = list(points)
+    flops = np.array([points[k][0] for k in labels])
+    auc = np.array([points[k][1] for k in labels])
+    dense = np.array([points[k][2] for k in labels], float)
+    ax.scatter(flops, auc, s=30 + 170 * np.sqrt(dense / dense.max()), c=[f"C{i % 10}" for i in range(len(labels))],
+               alpha=0.8, edgecolors="k", linewidths=0.5, zorder=3)
+    for k, x, y in zip(labels, flops, auc):
+        ax.annotate(k, (x, y), textcoords="offset points", xytext=(7, 4), fontsize=8)
+    order = np.lexsort((-auc, flops))
+    front = [i for j, i in enumerate(order) if auc[i] > max(auc[order[:j]], default=-np.inf)]
+    ax.plot(flops[front], auc[front], "--", color="0.4", lw=1, zorder=2, label="frontier: best AUC for its cost")
+    ax.set_xscale("log")
+    ax.set_xlim(flops.min() / 1.5, flops.max() * 2.5)  # room on the right for the last point's label
+    ax.set_xlabel("inference MFLOPs per impression (counted)")
+    ax.set_ylabel("test AUC")
+    ax.set_title("Accuracy against cost (point area: dense parameters)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="lower right")
+    save_figure(fig, path)
+
+
+def write_html(markdown_text: str, folder: Path, path: Path, title: str) -> None:
+    """A self-contained HTML page of a Markdown report: its PNG images (paths relative to `folder`) are embedded
+    as data URIs, so the one file opens anywhere, mailed or copied alone."""
+    import base64
+    import html
+    import re
+
+    import markdown
+    body = markdown.markdown(markdown_text, extensions=["tables"])
+
+    def embed(m: re.Match) -> str:
+        png = folder / html.unescape(m.group(2))
+        if not png.is_file():
+            return m.group(0)
+        return f'{m.group(1)}"data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()}"'
+    body = re.sub(r'(<img[^>]*?src=)"([^"]+\.png)"', embed, body)
+    path.write_text(f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem; color: #222;
+      line-height: 1.45}}
+table {{border-collapse: collapse; font-size: 0.9rem; margin: 1rem 0}}
+th, td {{border: 1px solid #ccc; padding: 0.3rem 0.6rem; text-align: right}}
+th:first-child, td:first-child {{text-align: left}}
+th {{background: #f3f3f3}}
+img {{max-width: 100%; margin: 0.5rem 0}}
+code {{background: #f3f3f3; padding: 0 0.2rem}}
+</style></head>
+<body>
+{body}
+</body></html>
+""")

@@ -166,18 +166,36 @@ def fit_law(form_name: str, x, y, n_boot: int = 500, seed: int = 0, y_max: float
 
 
 def _bootstrap(form: Form, x, y, p, n_boot: int, seed: int, y_max: float | None = None) -> np.ndarray:
-    """Refits on rows resampled with replacement (draws with too few distinct x or no convergence are dropped)."""
+    """Refits on resampled data (draws that do not converge are dropped). With seeds repeating x: rows resampled
+    with replacement (draws with too few distinct x dropped). With one row per x (a single seed), a row resample
+    keeps all x only when it is a permutation, so every surviving draw would be the fit itself and the band would
+    have no width: the residuals are resampled onto the fitted curve instead, widened by sqrt(n / (n - k)) for the
+    k parameters they were fitted with."""
     rng = np.random.default_rng(seed)
+    fitted = form(x, p)
+    one_per_x = len(np.unique(x)) == len(x)
+    k = len(form.params)
+    if one_per_x:
+        if len(x) <= k:
+            return np.empty((0, k))
+        space = np.log if form.name == "power" else (lambda v: v)  # power laws are fitted in log space
+        resid = (space(y) - space(fitted)) * np.sqrt(len(x) / (len(x) - k))
     out = []
     for _ in range(n_boot):
-        i = rng.integers(0, len(x), len(x))
-        if len(np.unique(x[i])) < len(form.params) + 1:
-            continue
+        if one_per_x:
+            xs = x
+            ys = space(fitted) + rng.choice(resid, len(x))
+            ys = np.exp(ys) if form.name == "power" else ys
+        else:
+            i = rng.integers(0, len(x), len(x))
+            xs, ys = x[i], y[i]
+            if len(np.unique(xs)) < k + 1:
+                continue
         try:
-            out.append(_least_squares(form, x[i], y[i], p0=None if form.name == "power" else p, y_max=y_max)[0])
+            out.append(_least_squares(form, xs, ys, p0=None if form.name == "power" else p, y_max=y_max)[0])
         except (RuntimeError, ValueError, np.linalg.LinAlgError):
             continue
-    return np.array(out).reshape(-1, len(form.params))
+    return np.array(out).reshape(-1, k)
 
 
 def required_x(fit: Fit, target: float) -> dict:

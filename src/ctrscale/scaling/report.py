@@ -73,7 +73,10 @@ def _without_draws(fit: dict | None) -> dict | None:
     return None if fit is None else {k: v for k, v in fit.items() if k != "boot"}
 
 
-def plot_fit(fit: Fit, x, y, request: dict, held: dict | None, path: Path, extrapolate: float = 4.0) -> None:
+def plot_fit(fit: Fit, x, y, request: dict, held: dict | None, path: Path, extrapolate: float = 4.0,
+             forecast: dict | None = None) -> None:
+    """The measured points, the law and its band out to `extrapolate` times the largest x; `held` (a holdout's
+    prediction, then measured) and `forecast` ({x, predicted, interval}: a point not measured) are marked."""
     xs = np.unique(x)
     means = np.array([y[x == v].mean() for v in xs])
     stds = np.array([y[x == v].std(ddof=1) if (x == v).sum() > 1 else 0.0 for v in xs])
@@ -87,6 +90,10 @@ def plot_fit(fit: Fit, x, y, request: dict, held: dict | None, path: Path, extra
         ax.errorbar([held["x"]], [held["predicted"]], yerr=[[held["predicted"] - held["interval"][0]],
                                                             [held["interval"][1] - held["predicted"]]],
                     fmt="s", color="tab:red", capsize=3, label=f"holdout prediction (error {held['error']:+.4f})")
+    if forecast:
+        p, (lo, hi) = forecast["predicted"], forecast["interval"]
+        ax.errorbar([forecast["x"]], [p], yerr=[[p - lo], [hi - p]], fmt="D", color="tab:red", capsize=3,
+                    label=f"prediction at x = {forecast['x']:,.0f}: {p:.4f} [{lo:.4f}, {hi:.4f}]")
     ax.set_xscale("log")
     if fit.form == "power":
         ax.set_yscale("log")
