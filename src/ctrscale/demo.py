@@ -183,9 +183,10 @@ def summary_markdown(results: list[RunResult], first: RunConfig, summary: dict) 
     r0, law = results[0], summary["scaling"]
     wall = f"{summary['wall_seconds']:.0f} s on this machine for {summary['runs']} runs" + (
         f" ({summary['runs_reused']} of them reused from an earlier call)" if summary["runs_reused"] else "")
+    epochs = f"{first.train.epochs} epoch{'s' * (first.train.epochs > 1)}"
     lines = [f"# ctrscale demo: {len(results)} models on synthetic data", "",
              f"Data: `{r0.dataset}` ({r0.train_impressions:,} training impressions, histories cut to the last "
-             f"{r0.max_len} behaviors); {first.train.epochs} epoch(s), seed {first.train.seed}; {wall}. Test "
+             f"{r0.max_len} behaviors); {epochs}, seed {first.train.seed}; {wall}. Test "
              f"metrics use the weights of the best validation epoch; MFLOPs are counted by torch's FLOP counter "
              f"per impression at inference; impressions/s is training throughput here.", "",
              markdown_table([table_row(r) for r in results], COLUMNS), ""]
@@ -193,7 +194,8 @@ def summary_markdown(results: list[RunResult], first: RunConfig, summary: dict) 
         if r.teacher_test:
             lines += [f"{r.name} was distilled online from a {r.distilled_from.get('name')} teacher "
                       f"({r.distilled_from.get('layers')} layers; its test AUC {r.teacher_test['auc']:.4f}); only the "
-                      f"student is kept and served.", ""]
+                      f"student is kept and served (its FLOPs are the student's; its training throughput includes "
+                      f"the teacher's).", ""]
     lines += ["## What it shows", "", *findings(results, law, summary["serving"]), "", "## Plots", "",
               "![test AUC against inference FLOPs](auc_vs_cost.png)", ""]
     if "plot" in law:
