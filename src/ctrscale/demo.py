@@ -91,7 +91,6 @@ def run_demo(out: Path, models: list[str] | None = None, full: bool = False, ove
     from .train.loop import reuse_or_fit
     t0 = time.perf_counter()
     spec = spec or load_spec()
-    out.mkdir(parents=True, exist_ok=True)
     chosen = pick_models(spec, models, full)
     data = spec.base.get("data", {})
     path, report = catalog.prepare(data.get("name", "synthetic"), **{**data.get("options", {}), **(data_options or {})})
@@ -105,6 +104,7 @@ def run_demo(out: Path, models: list[str] | None = None, full: bool = False, ove
 
     plans = {label: config(label, own) for label, own in chosen.items()}  # every config checked before training
     sweep = scaling_configs(spec, chosen, plans, config)
+    out.mkdir(parents=True, exist_ok=True)  # after every check: a refused call leaves no folder behind
     results: dict[str, RunResult] = {}
     reused = 0
     for i, (label, cfg) in enumerate([*plans.items(), *sweep.items()], 1):
