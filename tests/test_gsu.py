@@ -118,3 +118,12 @@ def test_split_search_is_cached_and_equals_the_direct_search(tiny):
     for k in direct:
         np.testing.assert_array_equal(taken[k], direct[k][idx])
         np.testing.assert_array_equal(again[k], direct[k][idx])
+
+
+def test_category_resolves_to_the_coarsest_aligned_behavior_field(tiny, ml1m):
+    assert gsu.category_field(tiny.spec) == "category"  # a field of that name wins
+    assert gsu.category_field(ml1m.spec) == "genre"     # ml1m: genre (item_id is the content key, rating unaligned)
+    cfg = CandidateSequence(length=6, by="category")
+    sparse, start, end = _rows(ml1m, n=100)
+    want = _brute(ml1m, CandidateSequence(length=6, by="genre"), sparse, start, end)
+    _check(ml1m, cfg, ml1m.searcher(cfg)(sparse, start, end), want, sparse)

@@ -48,7 +48,8 @@ class DataSpec:
 @dataclass(frozen=True)
 class CandidateSequence:
     length: int = 20         # K_c
-    by: str = "content"      # "content" (top cosine to the candidate) or a behavior field name (same value)
+    by: str = "content"      # "content" (top cosine to the candidate), a behavior field name (same value), or
+                             # "category" (the coarsest behavior field a candidate field shares: gsu.category_field)
     source_len: int = 0      # search the most recent this-many behaviors; 0 = the whole history
 
     def __post_init__(self):

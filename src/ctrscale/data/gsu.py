@@ -3,8 +3,9 @@
 R_c = the K behaviors of the user's long history (everything before the impression, or its `source_len` most
 recent behaviors) that are closest to the candidate: by cosine of the frozen content vectors ("soft search",
 by="content", exact ties to the most recent), or the most recent ones sharing the candidate's value of a
-behavior field ("hard search", e.g. by="genre"). The chosen behaviors keep their time order and are
-right-aligned like every sequence here (padding, time 0, on the left), so a model reads R_c as it reads R_u.
+behavior field ("hard search", e.g. by="genre"; by="category" picks the coarsest one, see category_field). The
+chosen behaviors keep their time order and are right-aligned like every sequence here (padding, time 0, on the
+left), so a model reads R_c as it reads R_u.
 
 Vectorised over a whole batch: one (B, W) score matrix over the batch's widest history, one argpartition. The
 cosine of two items is read from an item x item table (built once, when the item vocabulary is small enough),
@@ -26,6 +27,20 @@ CACHE_VERSION = 1
 SEARCH_ROWS = 4096       # rows searched at once when a split is searched whole
 TABLE_MAX_ITEMS = 8192   # an item x item cosine table up to 8192^2 float32 = 256 MiB
 CHUNK_FLOATS = 1 << 24   # the other path gathers at most this many content floats at once
+
+
+def category_field(spec) -> str:
+    """The behavior field hard search reads when asked for by="category": the behavior field of that name if there
+    is one, else, of the behavior fields a candidate field shares a vocabulary with, other than the content key,
+    the one with the smallest vocabulary (the coarsest: ml1m's genre)."""
+    if "category" in spec.hist:
+        return "category"
+    aligned = [h for h, col in zip(spec.hist, spec.hist_to_sparse)
+               if col >= 0 and spec.sparse[col] != spec.content_key]
+    if not aligned:
+        raise ConfigError(f"{spec.name}: hard search by='category' needs a behavior field, other than the item id, "
+                          f"that a candidate field shares a vocabulary with; have {list(spec.hist)}")
+    return min(aligned, key=lambda h: spec.vocab_sizes[spec.field_vocab[f"hist.{h}"]])
 
 
 class Searcher:
@@ -65,10 +80,11 @@ class Searcher:
             self.content = content / np.maximum(norm, 1e-12)
             self.table = self.content @ self.content.T if len(content) <= TABLE_MAX_ITEMS else None
         else:
-            if cfg.by not in spec.hist:
-                raise ConfigError(f"{spec.name}: hard search field {cfg.by!r} is not a behavior field; "
-                                 f"have {list(spec.hist)} (or by='content')")
-            self.field = spec.hist.index(cfg.by)
+            by = category_field(spec) if cfg.by == "category" else cfg.by
+            if by not in spec.hist:
+                raise ConfigError(f"{spec.name}: hard search field {by!r} is not a behavior field; "
+                                 f"have {list(spec.hist)} (or by='content' or by='category')")
+            self.field = spec.hist.index(by)
         self.cand_col = spec.hist_to_sparse[self.field]
         if self.cand_col < 0:
             raise ConfigError(f"{spec.name}: behavior field {spec.hist[self.field]!r} has no candidate field "
