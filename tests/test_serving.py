@@ -15,7 +15,7 @@ from ctrscale.models.registry import entries
 from ctrscale.serving import BundleError, RequestError, Scorer, export_bundle, load_bundle
 from ctrscale.serving.replay import RawDecoder, random_run
 
-REUSING = ["est", "hstu", "lightsuan", "sparsectr", "suan"]
+REUSING = ["can", "est", "eta", "hstu", "lightsuan", "longer", "mtgr", "sim", "sparsectr", "suan", "twinv2"]
 
 
 @pytest.fixture(scope="module")
