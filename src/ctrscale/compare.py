@@ -28,7 +28,7 @@ import torch
 
 from . import metrics
 from .accounting import count_params
-from .data.catalog import open_dataset
+from .data.catalog import open_run_data
 from .errors import ConfigError, CtrscaleError
 from .models.registry import build_model
 from .reports import markdown_table, plot_epoch_curves
@@ -79,7 +79,7 @@ def planned_params(cfg: RunConfig) -> dict[str, int] | None:
     """The parameter counts of cfg's model, built on the meta device (shapes, no memory or init), so that a size
     mismatch is told before hours of training; None for a model that cannot be built there (the report still
     warns, from the runs)."""
-    data = open_dataset(cfg.data.name, cfg.data.path, cfg.data.raw_dir, cfg.data.options)
+    data = open_run_data(cfg.data)
     try:
         with torch.device("meta"):
             return count_params(build_model(data.spec, cfg.model, content=data.content()))

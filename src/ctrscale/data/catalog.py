@@ -109,3 +109,9 @@ def open_dataset(name: str | None = None, path: str | None = None, raw_dir: str 
         return PreparedDataset(path)
     out, _ = prepare(name, raw_dir=raw_dir, **(options or {}))
     return PreparedDataset(out)
+
+
+def open_run_data(section) -> PreparedDataset:
+    """A run's dataset (its config's data section), prepared if needed, showing only the run's fields."""
+    data = open_dataset(section.name, section.path, section.raw_dir, section.options)
+    return data.select_fields(section.fields, section.drop_fields)

@@ -104,7 +104,9 @@ class Searcher:
         the search reads every row's whole history, the loader then only indexes."""
         if split not in self._splits:
             c = self.cfg
-            key = f"{c.by}-k{c.length}-s{c.source_len}-v{CACHE_VERSION}-{self.data.meta.get('fingerprint', '')}"
+            by = c.by if c.by == "content" else self.data.spec.hist[self.field]  # "category" resolved: a field
+            # selection that changes what it means cannot reuse another's search
+            key = f"{by}-k{c.length}-s{c.source_len}-v{CACHE_VERSION}-{self.data.meta.get('fingerprint', '')}"
             path = Path(self.data.root) / "gsu" / key / f"{split}.npy"
             if path.exists():
                 self._splits[split] = np.load(path, mmap_mode="r")

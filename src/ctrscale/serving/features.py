@@ -91,6 +91,15 @@ class FeatureEncoder:
                                 f"to score; give the item fields role: item")
         self.user_key = schema.get("user_key")
         self.hist_fields = list(spec.hist)
+        # Fields of the prepared schema this run did not train on (data.fields / drop_fields): a request built for
+        # the full schema may still send them, in their own section; they are accepted and not read.
+        section = {"user": "user", "context": "context", "item": "candidates"}
+        self.ignored: dict[str, set[str]] = {"user": set(), "context": set(), "candidates": set(), "history": set()}
+        for f in schema.get("fields", []):
+            if f["name"] not in spec.roles and f.get("role") in section:
+                self.ignored[section[f["role"]]].add(f["name"])
+        for seq in schema.get("sequences", []):
+            self.ignored["history"] |= {f["name"] for f in seq.get("fields", [])} - set(spec.hist)
         self.user_sparse_cols = spec.sparse_of_role("user")
 
     # ------------------------------------------------------------------------------------------------------------
@@ -185,6 +194,7 @@ class FeatureEncoder:
             raise RequestError(f"{name}: missing (an object with {wanted})")
         if not isinstance(sec, dict):
             raise RequestError(f"{name}: expected an object, got {type(sec).__name__}")
+        sec = {k: v for k, v in sec.items() if k not in self.ignored[name]}
         for k, v in sec.items():
             if k not in wanted and k not in optional:
                 raise RequestError(f"{name}.{k}: unknown field; {name} fields are {wanted}")
@@ -211,7 +221,7 @@ class FeatureEncoder:
                 if not isinstance(obj, dict):
                     raise RequestError(f"{name}[{i}]: expected an object, got {_type(obj)}")
                 for k in obj:
-                    if k not in cols:
+                    if k not in cols and k not in self.ignored[name]:
                         raise RequestError(f"{name}[{i}].{k}: unknown field; {name} fields are {wanted}")
                 for k in wanted:
                     if k not in obj:
@@ -221,7 +231,7 @@ class FeatureEncoder:
         if not isinstance(sec, dict):
             raise RequestError(f"{name}: expected an object of columns or a list of objects, got {_type(sec)}")
         for k in sec:
-            if k not in wanted:
+            if k not in wanted and k not in self.ignored[name]:
                 raise RequestError(f"{name}.{k}: unknown field; {name} fields are {wanted}")
         first = None
         for k in wanted:

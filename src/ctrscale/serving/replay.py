@@ -76,6 +76,7 @@ def random_run(out_dir: str | Path, data: PreparedDataset, model: str, *override
     from ..train.runs import save_checkpoint
     cfg = load_config(None, [f"name={model}", f"out_dir={out_dir}", f"model.name={model}", f"data.path={data.root}",
                              *overrides])
+    data = PreparedDataset(data.root).select_fields(cfg.data.fields, cfg.data.drop_fields)  # as the run will see it
     torch.manual_seed(seed)
     net = build_model(data.spec, cfg.model, content=data.content())
     with torch.no_grad():

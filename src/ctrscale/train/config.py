@@ -19,6 +19,9 @@ class DataSection:
     path: str | None = None          # ... or a prepared folder
     raw_dir: str | None = None
     options: dict = field(default_factory=dict)  # preparer options (synthetic sizes)
+    fields: tuple[str, ...] | None = None  # train on these prepared fields only (behavior fields as hist.NAME);
+                                           # None: all
+    drop_fields: tuple[str, ...] = ()      # ... minus these (PreparedDataset.select_fields)
     max_len: int | None = checked(None, ge=1)    # default (None): the dataset's
     batch_size: int = checked(1024, ge=1)
     eval_batch_size: int = checked(4096, ge=1)

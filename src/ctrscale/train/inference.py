@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .. import metrics
-from ..data.catalog import open_dataset
+from ..data.catalog import open_run_data
 from ..data.loader import Loader, LoaderConfig
 from ..errors import RunError
 from ..models.base import CTRModel
@@ -108,7 +108,7 @@ def load_trained(run: str | Path, checkpoint: str = "best", serving: bool = True
                 "the run has not saved a checkpoint yet").format(run)
         raise RunError(f"{run}: no {checkpoint}.pt ({hint})")
     cfg = load_config(run / "config.yaml")
-    data = open_dataset(cfg.data.name, cfg.data.path, cfg.data.raw_dir, cfg.data.options)
+    data = open_run_data(cfg.data)
     device = resolve_device(cfg.train.device)
     model = build_model(data.spec, cfg.model, content=data.content()).to(device)
     state = load_checkpoint(run / f"{checkpoint}.pt", map_location=device)

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..accounting import count_params, inference_flops, training_flops_per_impression
-from ..data.catalog import open_dataset
+from ..data.catalog import open_run_data
 from ..data.loader import Loader, LoaderConfig
 from ..errors import ConfigError, RunError
 from ..models.registry import build_model
@@ -96,7 +96,7 @@ class Training:
             keep_freed_memory()
         if not self.main:
             world.barrier()  # rank 0 prepares the dataset (if it must) before the others open it
-        self.data = open_dataset(cfg.data.name, cfg.data.path, cfg.data.raw_dir, cfg.data.options)
+        self.data = open_run_data(cfg.data)
         if self.main:
             world.barrier()
         check_labels(self.data)
@@ -329,7 +329,8 @@ class Training:
             train_impressions_per_s=st.impressions / st.train_seconds if st.train_seconds else None,
             train_seconds=st.train_seconds, peak_rss_mib=world.gather(peak_rss_mib()),
             embedding_params_held=world.gather(sum(p.numel() for p in embedding_params(model).values())),
-            config=config, distilled_from=config["distill"]["teacher"] if cfg.distill else None)
+            config=config, distilled_from=config["distill"]["teacher"] if cfg.distill else None,
+            fields=data.fields if cfg.data.fields is not None or cfg.data.drop_fields else None)
         if self.shards:
             mine = {id(s.weight) for s in self.shards}
             result.row_sharded = {"world": world.size, "tables": [n.removesuffix(".weight") for n, p in

@@ -41,6 +41,7 @@ class RunResult:
     distilled_from: dict | None = None            # the teacher's model config of a distilled student
     row_sharded: dict | None = None               # {"world", "tables"}: only written for a row-sharded run
     teacher_test: dict | None = None              # only written for a distilled run
+    fields: list | None = None                    # the fields trained on, only written for a field selection
     extra: dict = field(default_factory=dict)     # keys of results.json this code does not know, kept as read
 
     # the key order of results.json as runs have always written it; the two keys after it are written only when set
@@ -48,7 +49,7 @@ class RunResult:
              "params", "inference_gflops_per_60", "train_flops_per_impression", "train_impressions",
              "train_impressions_per_s", "train_seconds", "peak_rss_mib", "embedding_params_held", "config",
              "distilled_from")
-    ONLY_WHEN_SET = ("row_sharded", "teacher_test")
+    ONLY_WHEN_SET = ("row_sharded", "teacher_test", "fields")
 
     def to_dict(self) -> dict:
         out = {k: getattr(self, k) for k in self.ORDER}
