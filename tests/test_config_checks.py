@@ -121,7 +121,12 @@ BAD = [  # override -> the whole message
     ("optim.warmup_steps=-1", "optim.warmup_steps: must be >= 0, got -1"),
     ("optim.grad_clip=-1", "optim.grad_clip: must be >= 0, got -1.0"),
     ("optim.optimizer=sgd", "optim.optimizer: must be one of adam, adamw; got 'sgd'"),
-    ("optim.schedule=step", "optim.schedule: must be one of constant, cosine, linear; got 'step'"),
+    ("optim.schedule=step", "optim.schedule: must be one of constant, cosine, linear, plateau; got 'step'"),
+    ("optim.plateau_factor=1", "optim.plateau_factor: must be in (0, 1), got 1.0"),
+    ("train.embedding_init=zeros", "train.embedding_init: must be one of model, normal, xavier_normal, "
+                                   "xavier_uniform; got 'zeros'"),
+    ("model.activation=gelu", "model din.activation: must be one of relu, dice, prelu, leaky_relu, sigmoid, silu; "
+                              "got 'gelu'"),
     ("train.epochs=0", "train.epochs: must be >= 1, got 0"),
     ("train.epochs=1.5", "train.epochs: expected an integer, got 1.5"),
     ("train.seed=-1", "train.seed: must be >= 0, got -1"),

@@ -1,10 +1,15 @@
 """Mechanisms of the shared layers, against explicit references."""
 from __future__ import annotations
 
+import copy
+import dataclasses
+
+import pytest
 import torch
 
-from ctrscale.models.layers import masked_mean
+from ctrscale.models.layers import ACTIVATIONS, MLP, Dice, masked_mean
 from ctrscale.models.tables import FeatureEmbedding
+from model_testkit import batch, build
 
 
 def test_masked_mean_against_a_loop():
@@ -53,3 +58,55 @@ def test_bf16_autocast_path_runs_and_stays_close(tiny):
             full = model(b)
         assert torch.isfinite(low).all()
         torch.testing.assert_close(low, full, atol=0.05, rtol=0.05)
+
+
+def test_dice_against_its_formula_with_valid_row_statistics():
+    """Training mode: the batch mean and (biased) variance of the valid rows only, eps 1e-5; the running
+    statistics move by momentum 0.1 toward the valid rows' (unbiased) variance; eval reads them."""
+    torch.manual_seed(0)
+    dice = Dice(3)
+    with torch.no_grad():
+        dice.alpha.copy_(torch.tensor([0.2, -0.5, 1.0]))
+    x, mask = torch.randn(4, 5, 3) * 3 + 1, torch.rand(4, 5) > 0.4
+    got = dice(x, mask)
+    v = x[mask]
+    p = torch.sigmoid((v - v.mean(0)) / torch.sqrt(v.var(0, unbiased=False) + 1e-5))
+    torch.testing.assert_close(got[mask], p * v + (1 - p) * dice.alpha * v)
+    assert (got[~mask] == 0).all()
+    torch.testing.assert_close(dice.bn.running_mean, 0.1 * v.mean(0))
+    torch.testing.assert_close(dice.bn.running_var, 0.9 + 0.1 * v.var(0, unbiased=True))
+    dice.eval()
+    q = torch.sigmoid((v - dice.bn.running_mean) / torch.sqrt(dice.bn.running_var + 1e-5))
+    torch.testing.assert_close(dice(x, mask)[mask], q * v + (1 - q) * dice.alpha * v)
+    torch.testing.assert_close(dice(x)[mask], dice(x, mask)[mask])  # eval: no batch statistics to mask
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_every_activation_builds_an_mlp_over_any_leading_dims(name):
+    torch.manual_seed(0)
+    mlp = MLP(6, (5, 4), 1, activation=name)
+    x = torch.randn(3, 7, 6)
+    out = mlp(x)
+    assert out.shape == (3, 7, 1) and torch.isfinite(out).all()
+    torch.testing.assert_close(mlp.masked(x, torch.ones(3, 7, dtype=torch.bool)), out)
+
+
+def test_din_with_dice_attention_ignores_padding_in_training_mode(tiny):
+    """FuxiCTR's DIN uses Dice in its attention MLP; its batch statistics must not see the padded behaviors, or
+    what sits in padding would change a real row's score during training (and the running statistics)."""
+    model = build(tiny, "din", attention_activation="dice", activation="dice").train()
+    twin = copy.deepcopy(model)
+    b = batch(tiny, model, n=32, max_len=20)
+    time = b.hist_time.clone()
+    time[:8, :6] = 0                                       # left padding in some rows
+    b = dataclasses.replace(b, hist_time=time)
+    noisy = b.hist.clone()
+    real = b.hist[b.hist_mask]                             # real behaviors' ids, put where padding is
+    noisy[~b.hist_mask] = real[torch.randint(0, len(real), ((~b.hist_mask).sum(),))]
+    clean, moved = model(b), twin(dataclasses.replace(b, hist=noisy))
+    torch.testing.assert_close(moved, clean)
+    dice = [(m, t) for m, t in zip(model.modules(), twin.modules()) if isinstance(m, Dice)]
+    assert len(dice) == 4 and any(isinstance(m, Dice) for m in model.attention.mlp)
+    for m, t in dice:
+        torch.testing.assert_close(m.bn.running_mean, t.bn.running_mean)
+        torch.testing.assert_close(m.bn.running_var, t.bn.running_var)

@@ -8,7 +8,7 @@ from ctrscale.errors import RunError
 from ctrscale.train.state import RunState, check_same_data_and_precision
 
 OLD_KEYS = ["epoch", "step_in_epoch", "step", "best", "best_epoch", "bad_epochs", "epochs", "train_seconds",
-            "impressions", "done", "skipped_steps", "data_fingerprint", "precision"]
+            "impressions", "done", "skipped_steps", "data_fingerprint", "precision", "lr_scale"]  # new keys last
 
 
 def test_saved_as_the_dict_checkpoints_have_always_held():

@@ -20,7 +20,7 @@ from ..typed import checked
 from .config import ModelConfig
 from .attention import attention_function, merge_heads, split_heads
 from .base import CTRModel
-from .layers import MLP, masked_mean, require_history
+from .layers import ACTIVATIONS, MLP, masked_mean, require_history
 from .tables import FeatureEmbedding
 from .registry import register
 
@@ -33,6 +33,7 @@ class BSTConfig(ModelConfig):
     ffn_mult: int = checked(4, ge=1)
     head_hidden: tuple[int, ...] = checked((1024, 512, 256), ge=1)
     dropout: float = checked(0.0, ge=0, lt=1)
+    activation: str = checked("leaky_relu", choices=tuple(ACTIVATIONS))  # the head MLP's (the paper's LeakyReLU)
 
 
 class BSTLayer(nn.Module):
@@ -66,7 +67,7 @@ class BST(CTRModel):
         nn.init.normal_(self.time_pos.weight, std=0.01)
         self.layers = nn.ModuleList(BSTLayer(dim, cfg.heads, cfg.ffn_mult, cfg.dropout) for _ in range(cfg.layers))
         head_in = 2 * dim + self.emb.side_width
-        self.head = MLP(head_in, cfg.head_hidden, 1, cfg.dropout, activation=nn.LeakyReLU)
+        self.head = MLP(head_in, cfg.head_hidden, 1, cfg.dropout, activation=cfg.activation)
 
     def score_pointwise(self, batch: Batch) -> Tensor:
         hist = self.emb.hist(batch.hist).flatten(-2)                                # (B, L, D)

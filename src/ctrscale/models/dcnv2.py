@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from ..batch import Batch, DataSpec
 from ..typed import checked
 from .fields import TokenInputConfig, TokenInputModel
-from .layers import MLP
+from .layers import ACTIVATIONS, MLP
 from .registry import register
 
 STRUCTURES = ("parallel", "stacked")
@@ -33,7 +33,7 @@ class DCNv2Config(TokenInputConfig):
     deep_hidden: tuple[int, ...] = checked((256, 128), ge=1)
     head_hidden: tuple[int, ...] = checked((256, 64), ge=1)
     dropout: float = checked(0.0, ge=0, lt=1)
-
+    activation: str = checked("relu", choices=tuple(ACTIVATIONS))  # the deep and head MLPs'
 
 
 class CrossLayer(nn.Module):
@@ -59,10 +59,10 @@ class DCNv2(TokenInputModel):
         self.cfg = cfg
         width = self.build_inputs(spec, cfg) * cfg.dim
         self.cross = nn.ModuleList(CrossLayer(width, cfg.rank) for _ in range(cfg.cross_layers))
-        self.deep = MLP(width, cfg.deep_hidden, None, cfg.dropout)
+        self.deep = MLP(width, cfg.deep_hidden, None, cfg.dropout, cfg.activation)
         deep_out = cfg.deep_hidden[-1] if cfg.deep_hidden else width
         head_in = width + deep_out if cfg.structure == "parallel" else deep_out
-        self.head = MLP(head_in, cfg.head_hidden, 1, cfg.dropout)
+        self.head = MLP(head_in, cfg.head_hidden, 1, cfg.dropout, cfg.activation)
 
     def score_pointwise(self, batch: Batch) -> Tensor:
         x0 = self.inputs(batch).flatten(1)                          # (B, (n_N + 2) * d)

@@ -11,7 +11,7 @@ from ..typed import checked
 from .config import ModelConfig
 from .base import CTRModel
 from .attention import TargetAttention
-from .layers import MLP
+from .layers import ACTIVATIONS, MLP
 from .tables import FeatureEmbedding
 from .registry import register
 
@@ -23,6 +23,8 @@ class DINConfig(ModelConfig):
     attention_hidden: tuple[int, ...] = checked((80, 40), ge=1)
     attention_softmax: bool = False  # the paper leaves weights unnormalised
     dropout: float = checked(0.0, ge=0, lt=1)
+    activation: str = checked("relu", choices=tuple(ACTIVATIONS))            # the head MLP's (the paper: dice)
+    attention_activation: str = checked("relu", choices=tuple(ACTIVATIONS))  # the attention MLP's
 
 
 @register("din", DINConfig, "DIN: candidate-to-history target attention")
@@ -32,8 +34,9 @@ class DIN(CTRModel):
         self.cfg = cfg
         self.emb = FeatureEmbedding(spec, cfg.embed_dim)
         d_hist = len(spec.hist) * cfg.embed_dim
-        self.attention = TargetAttention(d_hist, cfg.attention_hidden, cfg.attention_softmax)
-        self.head = MLP(self.emb.out_flat + d_hist, cfg.hidden, 1, cfg.dropout)
+        self.attention = TargetAttention(d_hist, cfg.attention_hidden, cfg.attention_softmax,
+                                         cfg.attention_activation)
+        self.head = MLP(self.emb.out_flat + d_hist, cfg.hidden, 1, cfg.dropout, cfg.activation)
 
     def score_pointwise(self, batch: Batch) -> Tensor:
         keys = self.emb.hist(batch.hist).flatten(-2)                       # (B, L, D)

@@ -15,29 +15,55 @@ def require_history(spec: DataSpec, model: str) -> None:
 
 
 class Dice(nn.Module):
-    """DIN's data-adaptive activation: p = sigmoid(BN(x)); y = p * x + (1 - p) * alpha * x."""
+    """DIN's data-adaptive activation: p = sigmoid(BN(x)); y = p * x + (1 - p) * alpha * x.
+
+    With `mask` (x's leading dims), the batch statistics (and the running ones) come from the valid rows only, so
+    padded behaviors never move a real one's output; masked rows get zeros (every caller masks them anyway)."""
 
     def __init__(self, dim: int):
         super().__init__()
         self.bn = nn.BatchNorm1d(dim, affine=False)
         self.alpha = nn.Parameter(torch.zeros(dim))
 
-    def forward(self, x: Tensor) -> Tensor:
-        p = torch.sigmoid(self.bn(x.reshape(-1, x.shape[-1])).view_as(x))
+    def _dice(self, x: Tensor) -> Tensor:  # (N, D)
+        p = torch.sigmoid(self.bn(x))
         return p * x + (1 - p) * self.alpha * x
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        if mask is None:
+            return self._dice(x.reshape(-1, x.shape[-1])).view_as(x)
+        out = x.new_zeros(x.shape)
+        out[mask] = self._dice(x[mask])
+        return out
+
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "dice": Dice, "prelu": nn.PReLU,
+                                           "leaky_relu": nn.LeakyReLU, "sigmoid": nn.Sigmoid, "silu": nn.SiLU}
+
+
+def activation_layer(name: str, width: int) -> nn.Module:
+    """An activation by name (ACTIVATIONS); Dice learns per unit of `width`, PReLU one slope (FuxiCTR's)."""
+    return Dice(width) if ACTIVATIONS[name] is Dice else ACTIVATIONS[name]()
 
 
 class MLP(nn.Sequential):
     def __init__(self, d_in: int, hidden: tuple[int, ...], d_out: int | None = 1, dropout: float = 0.0,
-                 activation: type[nn.Module] = nn.ReLU):
+                 activation: str = "relu"):
         layers: list[nn.Module] = []
         for h in hidden:
-            act = activation(h) if activation is Dice else activation()
-            layers += [nn.Linear(d_in, h), act] + ([nn.Dropout(dropout)] if dropout else [])
+            layers += [nn.Linear(d_in, h), activation_layer(activation, h)] + ([nn.Dropout(dropout)] if dropout
+                                                                               else [])
             d_in = h
         if d_out is not None:
             layers.append(nn.Linear(d_in, d_out))
         super().__init__(*layers)
+
+    def masked(self, x: Tensor, mask: Tensor, start: int = 0) -> Tensor:
+        """The layers from `start` on, over x (..., d) whose leading dims `mask` marks valid: Dice normalises with
+        the valid rows' statistics only; every other layer is row-wise and runs as usual."""
+        for layer in list(self)[start:]:
+            x = layer(x, mask) if isinstance(layer, Dice) else layer(x)
+        return x
 
 
 def masked_mean(x: Tensor, mask: Tensor, dim: int) -> Tensor:

@@ -17,7 +17,7 @@ from torch import Tensor
 from ..batch import Batch, DataSpec
 from ..typed import checked
 from .fields import INPUTS, TokenInputConfig, TokenInputModel
-from .layers import MLP, masked_mean
+from .layers import ACTIVATIONS, MLP, masked_mean
 from .tables import FeatureEmbedding
 from .registry import register
 
@@ -28,6 +28,7 @@ class MLPConfig(TokenInputConfig):
                                                                 # fields (token inputs, flattened)
     hidden: tuple[int, ...] = checked((200, 80), ge=1)
     dropout: float = checked(0.0, ge=0, lt=1)
+    activation: str = checked("relu", choices=tuple(ACTIVATIONS))
 
     def inactive(self) -> dict[str, str]:
         return {**super().inactive(), "dim": "with token inputs (pooled or fields)"} if self.inputs == "plain" \
@@ -45,7 +46,7 @@ class EmbeddingMLP(TokenInputModel):
             d_in = self.emb.out_flat + len(spec.hist) * cfg.embed_dim
         else:
             d_in = self.build_inputs(spec, cfg) * cfg.dim
-        self.head = MLP(d_in, cfg.hidden, 1, cfg.dropout)
+        self.head = MLP(d_in, cfg.hidden, 1, cfg.dropout, cfg.activation)
 
     def score_pointwise(self, batch: Batch) -> Tensor:
         if not self.plain:

@@ -32,7 +32,7 @@ from ..typed import checked
 from .config import ModelConfig
 from .attention import TimePositionBias, attention_function, merge_heads, split_heads
 from .base import CTRModel, UserState
-from .layers import MLP, Dice, ReluFFN, SwiGLU, make_norm, masked_mean, require_history
+from .layers import ACTIVATIONS, MLP, ReluFFN, SwiGLU, make_norm, masked_mean, require_history
 from .tables import FeatureEmbedding
 from .registry import register
 
@@ -54,7 +54,7 @@ class SUANConfig(ModelConfig):
     layers: int | None = checked(None, ge=1)       # None: from `size` (2)
     heads: int | None = checked(None, ge=1)        # None: from `size` (2)
     head_hidden: tuple[int, ...] = checked((1024, 512, 256), ge=1)
-    head_activation: str = checked("relu", choices=("relu", "dice"))  # dice: the paper's
+    head_activation: str = checked("relu", choices=tuple(ACTIVATIONS))  # dice: the paper's
     dropout: float = checked(0.0, ge=0, lt=1)
     ffn: str = checked("swiglu", choices=("swiglu", "relu"))        # A: relu
     afnet: bool = True               # B: False
@@ -159,8 +159,7 @@ class SUAN(CTRModel):
         self.final_norm = make_norm(cfg.norm, dim) if cfg.prenorm else nn.Identity()
         rep = dim if cfg.target_aware else 2 * dim
         head_in = rep + self.emb.side_width
-        act = Dice if cfg.head_activation == "dice" else nn.ReLU
-        self.head = MLP(head_in, cfg.head_hidden, 1, cfg.dropout, activation=act)
+        self.head = MLP(head_in, cfg.head_hidden, 1, cfg.dropout, activation=cfg.head_activation)
 
     def encode_user(self, context: Batch) -> UserState:
         profile = self.emb.profile(context.sparse)                                     # (R, n2, d)

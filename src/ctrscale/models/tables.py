@@ -23,6 +23,26 @@ class EmbeddingTable(nn.Embedding, Table):
     """nn.Embedding that the optimizer, accounting and sharding treat as an embedding table."""
 
 
+EMBEDDING_INITS = ("model", "normal", "xavier_normal", "xavier_uniform")
+
+
+def init_tables(module: nn.Module, how: str, std: float = 1e-4) -> int:
+    """Draw every table's rows again (how: normal N(0, std), or xavier over the table's shape); "model" keeps each
+    model's own initialisation. Padding rows stay zero. Returns the number of tables drawn."""
+    if how == "model":
+        return 0
+    tables = tables_of(module)
+    for _, t in tables:
+        with torch.no_grad():
+            if how == "normal":
+                nn.init.normal_(t.weight, std=std)
+            else:
+                getattr(nn.init, f"{how}_")(t.weight)
+            if getattr(t, "padding_idx", None) is not None:
+                t.weight[t.padding_idx].zero_()
+    return len(tables)
+
+
 def tables_of(module: nn.Module) -> list[tuple[str, nn.Module]]:
     """(name, module) of every table in `module`."""
     return [(n, m) for n, m in module.named_modules() if isinstance(m, Table)]

@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 
 from ..models.config import ModelChoice, resolve
+from ..models.tables import EMBEDDING_INITS
 from ..typed import ConfigError, apply_overrides, check_fields, checked, from_dict, load_yaml, to_dict
 
 DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")  # train.device
@@ -46,9 +47,14 @@ class OptimSection:
     emb_lr: float = checked(1e-3, ge=0)          # embedding ("sparse") parameters
     emb_weight_decay: float = checked(0.0, ge=0)
     betas: tuple[float, float] = checked((0.9, 0.999), ge=0, lt=1)
-    schedule: str = checked("constant", choices=("constant", "cosine", "linear"))  # after warm-up; linear decays
-                                                                                   # to 0 over the run
+    schedule: str = checked("constant", choices=("constant", "cosine", "linear", "plateau"))
+                                                 # after warm-up; linear decays to 0 over the run; plateau:
+                                                 # constant, times plateau_factor after each plateau_patience
+                                                 # epochs without a better validation metric
     warmup_steps: int = checked(0, ge=0)
+    plateau_factor: float = checked(0.1, gt=0, lt=1)  # FuxiCTR's ReduceLROnPlateau defaults: 0.1, 1 epoch, 1e-6
+    plateau_patience: int = checked(1, ge=1)
+    min_lr: float = checked(1e-6, ge=0)          # plateau: no group's learning rate goes below this
     grad_clip: float = checked(10.0, ge=0)       # max global grad norm; 0 disables
 
 
@@ -76,6 +82,9 @@ class TrainSection:
                                      # under torchrun: replicated (every rank holds every table) | row (each table's
                                      # rows spread over the ranks; train/sharding.py)
     shard_min_rows: int = checked(1024, ge=0)    # row sharding: tables with fewer rows stay replicated
+    embedding_init: str = checked("model", choices=EMBEDDING_INITS)  # model: each model's own; normal (with
+                                                                     # embedding_init_std), xavier_normal/uniform
+    embedding_init_std: float = checked(1e-4, gt=0)  # embedding_init=normal (FuxiCTR's default 1e-4)
     skip_nonfinite_steps: int = checked(0, ge=0)  # steps with a non-finite loss or gradient norm that may be
                                                   # skipped before the run stops (0: stop at the first)
 

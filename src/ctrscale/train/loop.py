@@ -25,7 +25,7 @@ from ..data.catalog import open_run_data
 from ..data.loader import Loader, LoaderConfig
 from ..errors import ConfigError, RunError
 from ..models.registry import build_model
-from ..models.tables import embedding_params
+from ..models.tables import embedding_params, init_tables
 from . import sparse
 from .config import RunConfig, save_config
 from .device import autocast_for, keep_freed_memory, precision_used, resolve_device
@@ -106,6 +106,7 @@ class Training:
         self.model = build_model(self.data.spec, cfg.model, content=self.data.content()).to(self.device)
         self.objective = Objective(self.model, cfg, self.data.spec, self.max_len, self.device, self.data.content())
         self.trainable = self.objective.trainable  # the model, or the student and its teacher together
+        init_tables(self.trainable, cfg.train.embedding_init, cfg.train.embedding_init_std)
         self.shards = shard_embeddings(cfg, self.objective, world)
         self.engine = self.objective
         if world.distributed:  # gradients averaged over ranks; find_unused: not every model touches every parameter
@@ -118,9 +119,10 @@ class Training:
         self.opt = make_optimizer(self.trainable, cfg.optim)
         self.train_loader = training_loader(cfg, self.data, self.objective)
         self.steps_per_epoch = self.train_loader.steps_per_epoch()
-        self.sched = make_schedule(self.opt, cfg.optim, self.steps_per_epoch * cfg.train.epochs)
         self.state = RunState(data_fingerprint=self.data.meta.get("fingerprint"),
                               precision=precision_used(self.device, cfg.train.precision))
+        self.sched = make_schedule(self.opt, cfg.optim, self.steps_per_epoch * cfg.train.epochs,
+                                   plateau_scale=lambda: self.state.lr_scale)
         self.saved_step: int | None = None  # the step last.pt holds (named when a diverged run stops)
         self.steps_this_process = 0          # train.max_steps counts these
         self.log: MetricLog | NullLog = NullLog()
@@ -285,6 +287,8 @@ class Training:
                 save_checkpoint(best_state, self.run_dir / "best.pt")
         else:
             st.bad_epochs += 1
+            if cfg.optim.schedule == "plateau" and st.bad_epochs % cfg.optim.plateau_patience == 0:
+                st.lr_scale *= cfg.optim.plateau_factor  # takes effect from the next step
         st.epoch += 1
         st.step_in_epoch = 0
         if st.bad_epochs >= cfg.train.patience or st.epoch >= cfg.train.epochs:

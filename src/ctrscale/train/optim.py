@@ -21,8 +21,11 @@ def make_optimizer(model: nn.Module, o: OptimSection) -> torch.optim.Optimizer:
     return cls([g for g in groups if g["params"]], betas=tuple(o.betas))
 
 
-def make_schedule(opt: torch.optim.Optimizer, o: OptimSection, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up over optim.warmup_steps, then constant, cosine or linear decay to the run's last step."""
+def make_schedule(opt: torch.optim.Optimizer, o: OptimSection, total_steps: int,
+                  plateau_scale=lambda: 1.0) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over optim.warmup_steps, then constant, cosine or linear decay to the run's last step, or
+    (plateau) constant times `plateau_scale()`, the reductions the run made at its epoch ends (RunState.lr_scale),
+    each group floored at optim.min_lr (never raised above its own base rate)."""
     def factor(step: int) -> float:
         if o.warmup_steps and step < o.warmup_steps:
             return (step + 1) / o.warmup_steps
@@ -32,4 +35,11 @@ def make_schedule(opt: torch.optim.Optimizer, o: OptimSection, total_steps: int)
         if o.schedule == "linear":
             return 1.0 - frac
         return 1.0
+
+    def plateau(base: float):
+        floor = min(1.0, o.min_lr / base) if base > 0 else 0.0
+        return lambda step: factor(step) * max(plateau_scale(), floor)
+
+    if o.schedule == "plateau":
+        return torch.optim.lr_scheduler.LambdaLR(opt, [plateau(g["lr"]) for g in opt.param_groups])
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)

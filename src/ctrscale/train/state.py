@@ -28,6 +28,7 @@ class RunState:
     skipped_steps: int = 0           # non-finite steps skipped (train.skip_nonfinite_steps)
     data_fingerprint: str | None = None  # of the prepared data the run started on
     precision: str = "fp32"          # the arithmetic the run started with (bf16 | fp32)
+    lr_scale: float = 1.0            # optim.schedule=plateau: the product of the reductions so far
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -16,9 +16,10 @@ class TargetAttention(nn.Module):
     (W_q + W_d) q + (W_k - W_d + diag(q) W_p) k, one per-sample (D, H) matrix applied to the keys, a quarter
     of the reference's multiply-adds. `reference` keeps the literal form; which one runs is the dispatch's."""
 
-    def __init__(self, dim: int, hidden: tuple[int, ...] = (80, 40), softmax: bool = False):
+    def __init__(self, dim: int, hidden: tuple[int, ...] = (80, 40), softmax: bool = False,
+                 activation: str = "relu"):
         super().__init__()
-        self.mlp = MLP(4 * dim, hidden, 1)
+        self.mlp = MLP(4 * dim, hidden, 1, activation=activation)  # Dice normalises over the valid behaviors
         self.softmax, self.dim = softmax, dim
 
     def _pool(self, w: Tensor, keys: Tensor, mask: Tensor) -> Tensor:
@@ -27,7 +28,7 @@ class TargetAttention(nn.Module):
 
     def reference(self, q: Tensor, keys: Tensor, mask: Tensor) -> Tensor:
         qe = q.unsqueeze(1).expand_as(keys)
-        w = self.mlp(torch.cat([qe, keys, qe - keys, qe * keys], -1)).squeeze(-1)  # (B, L)
+        w = self.mlp.masked(torch.cat([qe, keys, qe - keys, qe * keys], -1), mask).squeeze(-1)  # (B, L)
         return self._pool(w, keys, mask)
 
     def fast(self, q: Tensor, keys: Tensor, mask: Tensor) -> Tensor:
@@ -35,9 +36,7 @@ class TargetAttention(nn.Module):
         wq, wk, wd, wp = first.weight.split(self.dim, dim=1)             # each (H, D)
         per_sample = (wk - wd).t() + q.unsqueeze(-1) * wp.t()              # (B, D, H)
         h = torch.bmm(keys, per_sample) + (q @ (wq + wd).t() + first.bias).unsqueeze(1)  # (B, L, H)
-        for layer in list(self.mlp)[1:]:
-            h = layer(h)
-        return self._pool(h.squeeze(-1), keys, mask)
+        return self._pool(self.mlp.masked(h, mask, start=1).squeeze(-1), keys, mask)
 
     def forward(self, q: Tensor, keys: Tensor, mask: Tensor) -> Tensor:
         from .dispatch import attention_function  # the table lists this class's two paths
