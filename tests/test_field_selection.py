@@ -121,3 +121,16 @@ def test_a_bundle_serves_the_selection_as_offline_eval_scores_it(tiny, tmp_path)
     req["context"]["colour"] = "red"                                  # a name the schema does not have
     with pytest.raises(RequestError, match="context.colour: unknown field"):
         scorer.score(req)
+
+
+def test_shipped_fuxictr_config_gives_fuxictrs_movielens_features(ml100k):
+    """`--config fuxictr-features` names a config shipped with ctrscale; on MovieLens it leaves exactly the
+    features of FuxiCTR's set-up."""
+    from ctrscale.train.config import load_config
+    cfg = load_config("fuxictr-features", ["model.name=din", "data.name=ml100k-ctr-v1"])
+    assert (cfg.data.batch_size, cfg.optim.schedule, cfg.train.patience, cfg.train.epochs) == (256, "plateau", 2, 10)
+    sel = PreparedDataset(ml100k.root).select_fields(cfg.data.fields, cfg.data.drop_fields)
+    assert sel.fields == ["user_id", "age", "gender", "occupation", "zip_prefix", "item_id", "genre",
+                          "release_decade", "hist.item_id", "hist.genre"]
+    with pytest.raises(ConfigError, match="no config of that name ships with ctrscale .*fuxictr-features"):
+        load_config("fuxictr-feature")

@@ -143,10 +143,27 @@ class RunConfig:
         return to_dict(self)
 
 
+PACKAGED = Path(__file__).resolve().parents[1] / "configs"
+
+
+def config_path(name: str | Path) -> Path:
+    """A config file, or the name of one shipped with ctrscale (src/ctrscale/configs/NAME.yaml, e.g.
+    fuxictr-features); a file of that name wins."""
+    p = Path(name)
+    if p.is_file():
+        return p
+    shipped = PACKAGED / f"{name}.yaml"
+    if p.suffix == "" and shipped.is_file():
+        return shipped
+    names = sorted(q.stem for q in PACKAGED.glob("*.yaml"))
+    raise ConfigError(f"{name}: no such config file, and no config of that name ships with ctrscale ({', '.join(names)})")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] = (), base: dict | None = None) -> RunConfig:
     """A run config: `base`, then the YAML file at `path`, then `key=value` overrides; every key checked."""
     raw = dict(base or {})
     if path is not None:
+        path = config_path(path)
         loaded = load_yaml(Path(path).read_text(), str(path)) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
