@@ -3,6 +3,7 @@ definitions, and in a real run."""
 from __future__ import annotations
 
 import csv
+import shutil
 import json
 
 import pytest
@@ -97,3 +98,22 @@ def test_model_init_keeps_each_models_own(tiny):
     assert init_tables(b, "model") == 0
     for x, y in zip(a.state_dict().values(), b.state_dict().values()):
         assert torch.equal(x, y)
+
+
+@pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++")),
+                    reason="train.compile on CPU needs a C++ compiler (inductor), none on PATH")
+def test_a_compiled_run_trains_as_the_eager_one(tiny, tmp_path):
+    """train.compile runs the same steps through inductor's fused kernels: the same losses and test metrics up to
+    float reassociation."""
+    runs = {}
+    for name, extra in (("eager", []), ("compiled", ["train.compile=true"])):
+        assert cli(["train", f"name={name}", f"out_dir={tmp_path}", f"data.path={tiny.root}", "model.name=din",
+                    "model.embed_dim=4", "train.epochs=1", "train.progress=false", "data.max_len=16",
+                    "data.batch_size=512", "train.log_every=2", "train.threads=1", *extra]) == 0
+        runs[name] = json.loads((tmp_path / name / "results.json").read_text())
+        with open(tmp_path / name / "metrics.csv") as f:
+            runs[name]["losses"] = [float(r["loss"]) for r in csv.DictReader(f) if r["split"] == "train"]
+    assert len(runs["eager"]["losses"]) >= 4
+    assert runs["compiled"]["losses"] == pytest.approx(runs["eager"]["losses"], rel=1e-4)
+    assert runs["compiled"]["test"]["auc"] == pytest.approx(runs["eager"]["test"]["auc"], abs=1e-4)
+    assert runs["compiled"]["config"]["train"]["compile"] is True

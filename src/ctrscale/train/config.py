@@ -82,6 +82,8 @@ class TrainSection:
                                      # under torchrun: replicated (every rank holds every table) | row (each table's
                                      # rows spread over the ranks; train/sharding.py)
     shard_min_rows: int = checked(1024, ge=0)    # row sharding: tables with fewer rows stay replicated
+    compile: bool = False            # torch.compile the training step's forward and backward (inductor; on CPU it
+                                     # needs a C++ compiler); evaluation stays eager
     embedding_init: str = checked("model", choices=EMBEDDING_INITS)  # model: each model's own; normal (with
                                                                      # embedding_init_std), xavier_normal/uniform
     embedding_init_std: float = checked(1e-4, gt=0)  # embedding_init=normal (FuxiCTR's default 1e-4)

@@ -113,6 +113,8 @@ class Training:
             self.engine = nn.parallel.DistributedDataParallel(
                 self.objective, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=True)
+        if cfg.train.compile:  # shapes vary with each batch's history width: dynamic after the first recompile
+            self.engine = torch.compile(self.engine)
         if cfg.train.sparse_init:
             copied = sparse.warm_start(self.model, cfg.train.sparse_init)
             say(cfg if self.main else None, f"warm start: {len(copied)} embedding tables from {cfg.train.sparse_init}")
