@@ -152,8 +152,9 @@ def test_coaction_equals_row_by_row_reference(tiny, extra):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_default_micro_mlp_matches_the_released_layout(tiny):
-    """16 -> 8 -> 4 with biases, three orders sharing the MLP; per unit the paper's sum gives 4 numbers."""
+def test_default_micro_mlp_has_the_released_widths(tiny):
+    """16 -> 8 -> 4 (the released widths; with biases, ours), three orders sharing the MLP; per unit the paper's
+    sum gives 4 numbers."""
     model = build(tiny, "can")
     cfg = model.cfg
     assert (cfg.coaction_dims, cfg.orders, cfg.order_independent) == ((16, 8, 4), 3, False)

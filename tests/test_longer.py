@@ -244,3 +244,20 @@ def test_reference_kernels_give_the_same_scores(tiny):
             ref = model(b), model.score_request(rb)[rb.mask]
     for a, r in zip(own, ref):
         torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-5)
+
+
+def test_an_empty_history_gives_the_candidate_its_own_gap_row(tiny):
+    """With no behavior there is no latest one to measure the request's gap from: the candidate token reads the
+    reserved row (129), so the request time cannot move the score, and with a behavior it does."""
+    model = _model(tiny)
+    b = batch(tiny, model, n=8, max_len=12)
+    empty = _ragged(tiny, b, [0] * 8)
+    later = dataclasses.replace(empty, time=empty.time + 86_400 * 365)
+    with torch.no_grad():
+        torch.testing.assert_close(model(later), model(empty))
+        with_history = _ragged(tiny, b, [3] * 8)
+        moved = dataclasses.replace(with_history, time=with_history.time + 86_400 * 365)
+        assert not torch.allclose(model(moved), model(with_history))
+        before = model(empty)
+        model.gap_emb.weight[129].add_(1.0)                  # the reserved row is the one read
+        assert not torch.allclose(model(empty), before)

@@ -23,7 +23,12 @@ micro-MLP, 3 orders shared by one MLP. Choices of ours:
   category), each user field having one P_feed table shared by those pairs.
 - (ours) init: P_induction weight blocks ~ N(0, 1/d_i) (a Linear's scale), bias blocks 0; P_feed ~ N(0, 1/d_0);
   id 0 (padding) embeds to zeros in every table, so a missing candidate has a zero micro-MLP.
+- (ours) the interest path beside the co-action units is DIN's target attention; the released code builds CAN on
+  DIEN (GRU + attention-gated GRU with an auxiliary loss) and also feeds the sum-pooled history to the head. DIN
+  keeps CAN's own contribution (the co-action units) comparable with the DIN baseline it is measured against.
 - (ours) the head is DIN's (ReLU MLP over the concatenation), without the released code's batch norm and PReLU.
+- user_coaction costs (1 + user fields) x unit_width floats per id of each inducing field: small on MovieLens
+  (item 3.7K ids x 5 x 172), large on a catalogue of millions of items; set it false there.
 
 Request scoring: encode_user embeds the history once per request (DIN keys, each behavior's P_feed powers, the user
 fields' P_feed powers); score_candidates generates every candidate's micro-MLP weights and runs them over the cached

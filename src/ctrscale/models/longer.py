@@ -6,7 +6,8 @@ behavior and the most recent behavior (attention.time_bucket; the gap to the *la
 request, so the user side depends on the history only and is cached), and a learned embedding of the behavior's
 recency rank (0 = most recent). Padded behaviors are zero tokens.
 Global tokens (the paper's: the target item, the user's id/profile, CLS-like tokens): the candidate in the
-behavior slots (same map) plus the embedding of the gap from the latest behavior to the request (ours); one
+behavior slots (same map) plus the embedding of the gap from the latest behavior to the request (ours; a row of
+its own when there is no behavior yet); one
 profile token (ours: all user fields concatenated and mapped to D, user id included); `cls_tokens` learned tokens.
 Token merge: groups of `merge` adjacent behaviors (ours: aligned from the most recent, so the last group is full
 and the oldest one is padded) become one token: the paper's InnerTrans (one small pre-norm transformer block inside
@@ -47,6 +48,8 @@ from .tables import FeatureEmbedding
 
 MERGERS = ("innertrans", "concat")
 
+
+NO_BEHAVIOR = 129  # the candidate's gap row when the user has no behavior yet
 
 @dataclass
 class LONGERConfig(ModelConfig):
@@ -113,7 +116,7 @@ class LONGER(CTRModel):
         d, dim = cfg.embed_dim, cfg.dim
         self.emb = FeatureEmbedding(spec, d)
         self.behavior = nn.Linear(len(spec.hist) * d, dim)                         # behavior and candidate tokens
-        self.gap_emb = nn.Embedding(129, dim)                                      # time_bucket's range
+        self.gap_emb = nn.Embedding(130, dim)            # time_bucket's range 0..128, and 129: no behavior yet
         self.pos_emb = nn.Embedding(cfg.max_pos, dim)
         for e in (self.gap_emb, self.pos_emb):
             nn.init.normal_(e.weight, std=0.01)
@@ -163,7 +166,8 @@ class LONGER(CTRModel):
     def candidate_tokens(self, cand_sparse: Tensor, ctx: Batch) -> Tensor:
         """(R, C, F_sparse) -> (R, C, D): the candidate in the behavior slots + the gap from the latest behavior to
         the request."""
-        gap = time_bucket(ctx.time - ctx.hist_time[:, -1])                          # (R,)
+        last = ctx.hist_time[:, -1]                     # 0 when the history is empty: no latest behavior
+        gap = torch.where(last > 0, time_bucket(ctx.time - last), NO_BEHAVIOR)     # (R,)
         return self.behavior(self.emb.candidate_as_behavior(cand_sparse).flatten(-2)) + self.gap_emb(gap)[:, None]
 
     # --- request scoring ----------------------------------------------------------------------------------------

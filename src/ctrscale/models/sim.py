@@ -123,7 +123,8 @@ class SIM(CTRModel):
         ctx, keys = state.context, state.history                                  # keys (R, L, D)
         r, c = cand_sparse.shape[:2]
         query = self.emb.candidate_as_behavior(cand_sparse).flatten(-2)           # (R, C, D)
-        # short-term: DIN over R_u, the R_u embeddings shared by the request's C candidates (a view, no copy)
+        # short-term: DIN over R_u for each of the request's C candidates (flatten copies the keys C times: the
+        # chunking bounds this too)
         per_cand = lambda t: t.unsqueeze(1).expand(r, c, *t.shape[1:]).flatten(0, 1)  # noqa: E731 (R*C, ...)
         short = self.short(query.flatten(0, 1), per_cand(keys), per_cand(ctx.hist_mask)).view(r, c, -1)  # (R, C, D)
         # long-term: the ESU over each candidate's R_c
