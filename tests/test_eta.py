@@ -230,3 +230,36 @@ def test_projecting_all_then_gathering_equals_projecting_the_picked(tiny):
         for x, y in zip(model.picked_keys_values(state.history, idx, project_all=True),
                         model.picked_keys_values(state.history, idx, project_all=False)):
             torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("top_k,short_len", [(3, 5), (7, 64)])
+def test_whole_model_equals_a_per_row_reference(tiny, top_k, short_len):
+    """Row by row from the formulas: SimHash codes of the aligned fields (signs of the projections), Hamming
+    distances counted bit by bit, the k nearest valid behaviors (most recent first among ties), dense target
+    attention over them and over the short_len most recent valid behaviors, the head over [profile, the other
+    candidate and context fields, short-term, long-term]."""
+    model = _model(tiny, top_k=top_k, short_len=short_len, hash_bits=6)
+    b = _noisy_padding(tiny, batch(tiny, model, n=10, max_len=24))
+    spec = tiny.spec
+    aligned = [j for j, a in enumerate(spec.hist_to_sparse) if a >= 0]
+    with torch.no_grad():
+        got = model(b)
+        beh = model.emb.hist(b.hist)                                                # (R, L, F, d)
+        cand = model.emb.candidate_as_behavior(b.sparse)                            # (R, F, d)
+        code = lambda f: (f[..., aligned, :].flatten(-2) @ model.hash_planes >= 0)  # noqa: E731  bits
+        n = b.hist.shape[1]
+        for r in range(len(b)):
+            bits_c, bits_b = code(cand[r]), code(beh[r])                            # (m,), (L, m)
+            dist = [int((bits_b[p] != bits_c).sum()) for p in range(n)]
+            valid = [p for p in range(n) if b.hist_time[r, p] > 0]
+            picked = sorted(valid, key=lambda p: (dist[p], -p))[:top_k]
+            keep_long = torch.zeros(1, n, dtype=torch.bool)
+            keep_long[0, picked] = True
+            keep_short = torch.zeros(1, n, dtype=torch.bool)
+            keep_short[0, [p for p in valid if p >= n - short_len]] = True
+            q, hist = cand[r].flatten()[None], beh[r].flatten(-2)[None]
+            long = _dense_target_attention(model.long_attention, q, hist, keep_long)[0]
+            short = _dense_target_attention(model.short_attention, q, hist, keep_short)[0]
+            feats = [model.emb.profile(b.sparse[r]).flatten(), model.emb.other_flat(b.sparse[r], b.dense[r]),
+                     short, long]
+            torch.testing.assert_close(got[r], model.head(torch.cat(feats)).squeeze(-1), rtol=1e-5, atol=1e-6)

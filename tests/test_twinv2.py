@@ -249,3 +249,44 @@ def test_gradients_reach_the_representatives_and_every_projection(tiny):
         grad = getattr(model, name).weight.grad
         assert grad is not None and grad.abs().sum() > 0, name
     assert model.directions.grad is None and not model.directions.requires_grad
+
+
+def test_multi_member_clusters_end_to_end_against_a_per_row_reference(tiny):
+    """From the clustering on (itself held to the recursive reference above), row by row and cluster by cluster in
+    plain loops: the representative (the member nearest the mean, oldest among ties), size and mean time; the
+    cross features at request time; TWIN's logits; the GSU's top-k by head-averaged logit; the ESU's n * exp(logit)
+    weights over the picked clusters, merged by W_o."""
+    model = _model(tiny, max_cluster_size=3, top_k=4)
+    b = batch(tiny, model, n=12, max_len=30)
+    h = model.cfg.heads
+    with torch.no_grad():
+        _, cache, q, bias, values = _parts(model, b)
+        _, pick = model.gsu(q, cache, bias)
+        got, _ = model.esu(q, cache, pick, bias, values)                            # (R, 1, A)
+        x = model.emb.hist(b.hist).flatten(-2)                                      # (R, L, D)
+        member, _ = cluster_behaviors(x, b.hist_mask, model.directions, 3)
+        for r in range(len(b)):
+            clusters = {}
+            for pos in b.hist_mask[r].nonzero().squeeze(1).tolist():
+                clusters.setdefault(int(member[r, pos]), []).append(pos)
+            if not clusters:
+                torch.testing.assert_close(got[r, 0], model.w_o(torch.zeros(model.cfg.attn_dim)))
+                continue
+            keys, vals, logits, sizes = [], [], [], []
+            for members in clusters.values():
+                xs = x[r, members].double()
+                dist = ((xs - xs.mean(0)) ** 2).sum(-1)
+                rep = members[min(range(len(members)), key=lambda i: (dist[i].item(), members[i]))]
+                t = b.hist_time[r, members].double().mean()
+                k_c = torch.cat([model.time_emb(time_bucket(b.time[r].double() - t)),
+                                 model.size_emb(torch.tensor(len(members)))])
+                key = model.w_h(x[r, rep]).view(h, -1)
+                keys.append(key)
+                vals.append((model.v_h(x[r, rep]) + model.v_c(k_c)).view(h, -1))
+                logits.append((q[r, 0] * key).sum(-1) / math.sqrt(key.shape[-1]) + model.cross_bias(k_c))
+                sizes.append(len(members))
+            logits = torch.stack(logits, 1)                                         # (H, n_clusters)
+            top = logits.mean(0).topk(min(4, logits.shape[1])).indices
+            w = torch.softmax(logits[:, top] + torch.tensor(sizes, dtype=torch.float)[top].log(), -1)   # (H, k)
+            out = torch.einsum("hk,khd->hd", w, torch.stack(vals)[top])
+            torch.testing.assert_close(got[r, 0], model.w_o(out.flatten()), rtol=1e-5, atol=1e-6)
