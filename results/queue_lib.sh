@@ -1,11 +1,11 @@
-# Shared by the result folders' queue.sh: run_queue FOLDER RUNS "SETTINGS" ENTRY... trains every entry for seeds
-# 0, 1, 2, seed-major (every model has seed 0 before any has seed 2), with `ctrscale compare` in RUNS, and copies
+# Shared by the result folders' queue.sh: run_queue FOLDER RUNS "SETTINGS" ENTRY... trains every entry for the seeds
+# in $SEEDS (default 0 1 2), seed-major (every model has seed 0 before any has seed 2), with `ctrscale compare` in RUNS, and copies
 # each finished run's results.json, config.yaml and metrics.csv to FOLDER/LABEL-sS. Rerun it to resume: a copied
 # run is skipped, `compare` reuses finished runs, resumes interrupted ones and refuses a run whose config differs.
 run_queue() {
   local here=$1 runs=$2 settings=$3 seed entry label
   shift 3
-  for seed in 0 1 2; do
+  for seed in ${SEEDS:-0 1 2}; do
     for entry in "$@"; do
       label=${entry%%:*}
       [ -f "$here/$label-s$seed/results.json" ] && continue

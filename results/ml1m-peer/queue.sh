@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Issue 29: ctrscale against FuxiCTR's best figure on ml1m-u2999-ctr-v1, on FuxiCTR's features and settings
+# (--config fuxictr-features, every embedding 16 wide), 3 seeds; then each model once on ctrscale's full feature
+# set and with one feature group dropped (the history rating; the hour and weekday). Resumable (../queue_lib.sh).
+#   RUNS=/tmp/ml1m-peer bash results/ml1m-peer/queue.sh
+set -u
+here=$(cd "$(dirname "$0")" && pwd)
+source "$here/../queue_lib.sh"
+runs=${RUNS:-$HOME/ctrscale-runs/ml1m-peer}
+TOWER="model.hidden=[256,128,64]"
+MODELS=(
+  "mlp:$TOWER"
+  "din:$TOWER;model.attention_hidden=[64];model.activation=dice;model.attention_activation=dice"
+  "suan"
+  "lightsuan-distilled:model.name=lightsuan;distill.teacher={name: suan, size: size-3}"
+  "sparsectr"
+  "est"
+  "fat"
+)
+run_queue "$here" "$runs" "--config fuxictr-features --embed-dim 16" "${MODELS[@]}"
+# the feature groups, one seed: all fields; all but the history rating; all but hour and weekday
+for variant in "full:data.drop_fields=[]" "norating:data.drop_fields=[hist.rating]" \
+               "notime:data.drop_fields=[hour,weekday]"; do
+  suffix=${variant%%:*} drop=${variant#*:}
+  entries=()
+  for m in "${MODELS[@]}"; do
+    label=${m%%:*} rest=${m#*:}
+    [ "$rest" = "$m" ] && rest=""
+    [[ $rest == *model.name=* ]] || rest="model.name=${label%%-*}${rest:+;$rest}"
+    entries+=("$label-$suffix:$drop;$rest")
+  done
+  SEEDS=0 run_queue "$here" "$runs" "--config fuxictr-features --embed-dim 16" "${entries[@]}"
+done
