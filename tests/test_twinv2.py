@@ -162,6 +162,14 @@ def _parts(model, b):
     return state, cache, q, bias, values
 
 
+def _esu_output(model, b):
+    """The ESU's interest (R, 1, A) for each row's own candidate, its queries (R, 1, H, dh), the behaviors (R, L, D)."""
+    _, cache, q, bias, values = _parts(model, b)
+    _, pick = model.gsu(q, cache, bias)
+    got, _ = model.esu(q, cache, pick, bias, values)
+    return got, q, model.emb.hist(b.hist).flatten(-2)
+
+
 def test_gsu_logits_equal_esu_logits_and_pick_the_top_k(tiny):
     model = _model(tiny, max_cluster_size=3, top_k=4)
     b = batch(tiny, model, n=24, max_len=30)
@@ -195,10 +203,7 @@ def test_size_one_clusters_give_plain_multihead_target_attention(tiny):
     b = batch(tiny, model, n=16, max_len=20)
     h = model.cfg.heads
     with torch.no_grad():
-        _, cache, q, bias, values = _parts(model, b)
-        _, pick = model.gsu(q, cache, bias)
-        got, _ = model.esu(q, cache, pick, bias, values)                            # (R, 1, A)
-        x = model.emb.hist(b.hist).flatten(-2)                                      # (R, L, D)
+        got, q, x = _esu_output(model, b)
         bucket = time_bucket(b.time[:, None] - b.hist_time)
         k_c = torch.cat([model.time_emb(bucket), model.size_emb(torch.ones_like(bucket))], -1)
         for r in range(len(b)):
@@ -260,10 +265,7 @@ def test_multi_member_clusters_end_to_end_against_a_per_row_reference(tiny):
     b = batch(tiny, model, n=12, max_len=30)
     h = model.cfg.heads
     with torch.no_grad():
-        _, cache, q, bias, values = _parts(model, b)
-        _, pick = model.gsu(q, cache, bias)
-        got, _ = model.esu(q, cache, pick, bias, values)                            # (R, 1, A)
-        x = model.emb.hist(b.hist).flatten(-2)                                      # (R, L, D)
+        got, q, x = _esu_output(model, b)
         member, _ = cluster_behaviors(x, b.hist_mask, model.directions, 3)
         for r in range(len(b)):
             clusters = {}
