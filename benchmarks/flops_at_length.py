@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ctrscale.accounting import inference_flops
-from ctrscale.data.catalog import open_dataset
+from ctrscale.data.catalog import open_run_data
 from ctrscale.data.loader import Loader, LoaderConfig
 from ctrscale.models.registry import build_model
 from ctrscale.train.config import load_config
@@ -23,9 +23,9 @@ from ctrscale.train.config import load_config
 def gflops_at_max_len(config_path: Path, n: int = 60) -> tuple[int, float]:
     """(rows found, GFLOPs) of one forward pass over n validation impressions with histories >= max_len."""
     cfg = load_config(config_path)
-    data = open_dataset(cfg.data.name, cfg.data.path, cfg.data.raw_dir, cfg.data.options)
+    data = open_run_data(cfg.data)                          # with the run's field selection
     model = build_model(data.spec, cfg.model, content=data.content()).eval()
-    length = cfg.data.max_len
+    length = cfg.data.max_len or data.spec.max_len           # None: the dataset's own
     rows = np.flatnonzero(data.history_lengths("valid", length) >= length)[:n]
     if len(rows) == 0:
         raise SystemExit(f"{config_path}: no validation impression of {cfg.data.name} has {length} behaviors")
