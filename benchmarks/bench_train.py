@@ -66,7 +66,7 @@ TOWER = [256, 128, 64]
 # FuxiCTR's model set-ups at embedding width 16 (their MovieLens configs' towers); the same entries as the README's
 # peer-equal comparison
 PEERS = {"DNN": {"name": "mlp", "embed_dim": 16, "hidden": TOWER},
-         "DCNv2": {"name": "dcnv2", "embed_dim": 16, "dim": 16, "inputs": "fields", "cross_layers": 3,
+         "DCNv2": {"name": "dcnv2", "embed_dim": 16, "inputs": "plain", "cross_layers": 3,
                    "deep_hidden": TOWER, "head_hidden": [64]},
          "DIN": {"name": "din", "embed_dim": 16, "hidden": TOWER, "attention_hidden": [64], "activation": "dice",
                  "attention_activation": "dice"},

@@ -51,3 +51,19 @@ def test_dcnv2_wiring(tiny, structure):
 def test_dcnv2_rejects_an_unknown_structure(tiny):
     with pytest.raises(ValueError, match="structure"):
         build(tiny, "dcnv2", structure="sideways")
+
+
+def test_plain_inputs_are_the_plain_mlps(tiny):
+    """inputs="plain" (FuxiCTR's DCNv2): x0 is what mlp's default reads, every field's embedding and the mean of
+    the history's; no content table, no candidate sequence, `dim` unused."""
+    torch.manual_seed(3)
+    model = build(tiny, "dcnv2", inputs="plain", embed_dim=4)
+    mlp = build(tiny, "mlp", embed_dim=4)
+    mlp.inputs.load_state_dict(model.inputs.state_dict())
+    assert model.needs.content is False and model.needs.cand_seq is None
+    assert "dim" in model.cfg.inactive()
+    b = batch(tiny, model)
+    with torch.no_grad():
+        x0 = model.inputs(b).flatten(1)
+        torch.testing.assert_close(x0, mlp.inputs(b))
+        assert x0.shape[1] == model.cross[0].w.in_features

@@ -2,7 +2,8 @@
 
 Inputs: the FAT paper's field tokens (inputs="fields", fields.py), or by default as the EST paper feeds its
 hierarchical baselines (tokens.py): one token per non-behavioral field, the
-SimTier token, and R_u and R_c each pooled by DIN into one token; x0 = their concatenation.
+SimTier token, and R_u and R_c each pooled by DIN into one token; x0 = their concatenation. inputs="plain" feeds
+FuxiCTR's DCNv2 inputs instead: every field's embedding and the mean of the history (fields.PlainInputs).
 
 Cross layer: x_{l+1} = x0 * (W_l x_l + b_l) + x_l, W_l full-rank (rank = 0) or low-rank W_l = U_l V_l^T. The
 cross network sits beside a deep MLP on x0 with both outputs concatenated ("parallel"), or feeds the deep MLP
@@ -17,7 +18,7 @@ from torch import Tensor, nn
 
 from ..batch import Batch, DataSpec
 from ..typed import checked
-from .fields import TokenInputConfig, TokenInputModel
+from .fields import INPUTS, TokenInputConfig, TokenInputModel
 from .layers import ACTIVATIONS, MLP
 from .registry import register
 
@@ -26,6 +27,7 @@ STRUCTURES = ("parallel", "stacked")
 
 @dataclass
 class DCNv2Config(TokenInputConfig):
+    inputs: str = checked("pooled", choices=("plain", *INPUTS))  # pooled | fields | plain (FuxiCTR's)
     cross_layers: int = checked(3, ge=0)
     rank: int = checked(0, ge=0)  # 0: full-rank W; r > 0: W = U V^T with U, V of shape (D, r)
     structure: str = checked("parallel", choices=STRUCTURES)  # parallel (cross beside deep, concatenated) |
@@ -52,12 +54,13 @@ class CrossLayer(nn.Module):
         return x0 * wx + x
 
 
-@register("dcnv2", DCNv2Config, "DCN-V2: cross network (full or low-rank) and deep MLP over DIN-pooled tokens")
+@register("dcnv2", DCNv2Config,
+          "DCN-V2: cross network (full or low-rank) and deep MLP over DIN-pooled tokens or plain inputs")
 class DCNv2(TokenInputModel):
     def __init__(self, spec: DataSpec, cfg: DCNv2Config):
         super().__init__()
         self.cfg = cfg
-        width = self.build_inputs(spec, cfg) * cfg.dim
+        width = self.build_flat_inputs(spec, cfg)
         self.cross = nn.ModuleList(CrossLayer(width, cfg.rank) for _ in range(cfg.cross_layers))
         self.deep = MLP(width, cfg.deep_hidden, None, cfg.dropout, cfg.activation)
         deep_out = cfg.deep_hidden[-1] if cfg.deep_hidden else width
@@ -65,7 +68,7 @@ class DCNv2(TokenInputModel):
         self.head = MLP(head_in, cfg.head_hidden, 1, cfg.dropout, cfg.activation)
 
     def score_pointwise(self, batch: Batch) -> Tensor:
-        x0 = self.inputs(batch).flatten(1)                          # (B, (n_N + 2) * d)
+        x0 = self.inputs(batch).flatten(1)                          # (B, width)
         x = x0
         for layer in self.cross:
             x = layer(x0, x)

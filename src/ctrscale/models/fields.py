@@ -7,7 +7,9 @@
 then each token its own linear map to width d (no bias: field biases are FAT's own switch).
 
 The hierarchical baselines (MLP, DCNv2, AutoInt, HiFormer, RankMixer) read either these tokens (inputs="fields",
-the FAT paper's protocol) or the EST paper's unified tokens (inputs="pooled", tokens.PooledInputs).
+the FAT paper's protocol) or the EST paper's unified tokens (inputs="pooled", tokens.PooledInputs). MLP and DCNv2
+also read PlainInputs (inputs="plain"): every field's embedding and the mean of each behavior field's embeddings
+over the history, flattened, as FuxiCTR's DNN and DCNv2 feed them.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from torch import Tensor, nn
 from ..batch import DataNeeds, Batch, DataSpec
 from ..typed import checked
 from .attention import TargetAttention
-from .layers import TokenLinear
+from .layers import TokenLinear, masked_mean
 from .tables import EmbeddingTable, FeatureEmbedding
 from .tokens import PooledInputs, UnifiedInputConfig, UnifiedInputModel
 
@@ -87,6 +89,23 @@ class FieldTokens(nn.Module):
         return torch.cat([tokens, seq.unsqueeze(1)], 1)
 
 
+class PlainInputs(nn.Module):
+    """(B, width): every non-behavioral field's embedding (numerics as they are) and the masked mean of each
+    behavior field's embeddings over the history, concatenated."""
+
+    def __init__(self, spec: DataSpec, embed_dim: int):
+        super().__init__()
+        self.emb = FeatureEmbedding(spec, embed_dim)
+        self.width = self.emb.out_flat + len(spec.hist) * embed_dim
+
+    def forward(self, batch: Batch) -> Tensor:
+        parts = [self.emb.flat(batch.sparse, batch.dense)]
+        if self.emb.spec.hist:
+            hist = self.emb.hist(batch.hist).flatten(-2)                              # (B, L, F_hist * e)
+            parts.append(masked_mean(hist, batch.hist_mask, dim=1))
+        return torch.cat(parts, -1)
+
+
 @dataclass
 class TokenInputConfig(UnifiedInputConfig):
     """Inputs of the hierarchical baselines: the EST paper's pooled unified tokens or the FAT paper's field tokens.
@@ -99,6 +118,8 @@ class TokenInputConfig(UnifiedInputConfig):
             ("simtier_bins", "cand_seq_len", "cand_seq_by", "cand_seq_source_len"), "with inputs pooled")
         if self.inputs != "fields":
             out["numeric_buckets"] = "with inputs fields"
+        if self.inputs == "plain":  # the models that offer it (MLP, DCNv2) widen the choices
+            out["dim"] = "with token inputs (pooled or fields)"
         return out
 
 
@@ -109,6 +130,13 @@ class TokenInputModel(UnifiedInputModel):
     @classmethod
     def needs_for(cls, cfg) -> DataNeeds:
         return super().needs_for(cfg) if cfg.inputs == "pooled" else DataNeeds()
+
+    def build_flat_inputs(self, spec: DataSpec, cfg: TokenInputConfig) -> int:
+        """Sets self.inputs, whose output flatten(1) reads as one vector per row; returns that vector's width."""
+        if cfg.inputs == "plain":
+            self.inputs = PlainInputs(spec, cfg.embed_dim)
+            return self.inputs.width
+        return self.build_inputs(spec, cfg) * cfg.dim
 
     def build_inputs(self, spec: DataSpec, cfg: TokenInputConfig) -> int:
         """Sets self.inputs; returns the token count T."""

@@ -8,7 +8,7 @@ MODELS: dict[str, tuple[str, str]] = {  # name -> (module under ctrscale.models,
     "bst": ("bst", "BST: Transformer over the history and the target item"),
     "can": ("can", "CAN: candidate-generated micro-MLPs co-acting with behaviors and user features, "
                    "beside DIN"),
-    "dcnv2": ("dcnv2", "DCN-V2: cross network (full or low-rank) and deep MLP over DIN-pooled tokens"),
+    "dcnv2": ("dcnv2", "DCN-V2: cross network (full or low-rank) and deep MLP over DIN-pooled tokens or plain inputs"),
     "deepfm": ("deepfm", "DeepFM: factorization machine and MLP over shared field embeddings"),
     "din": ("din", "DIN: candidate-to-history target attention"),
     "est": ("est", "EST: lightweight cross-attention + content sparse attention over unified tokens"),
