@@ -2,7 +2,8 @@
 # Issue 29: ctrscale against FuxiCTR's best figure on ml1m-u2999-ctr-v1, on FuxiCTR's features and settings
 # (--config fuxictr-features, every embedding 16 wide), 3 seeds; then each model once on ctrscale's full feature
 # set and with one feature group dropped (the history rating; the hour and weekday). Resumable (../queue_lib.sh).
-#   RUNS=/tmp/ml1m-peer bash results/ml1m-peer/queue.sh
+#   RUNS=/tmp/ml1m-peer bash results/ml1m-peer/queue.sh [LABEL...]   (labels: only those of MODELS below, e.g. two
+#   queues side by side on disjoint models)
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/../queue_lib.sh"
@@ -17,6 +18,11 @@ MODELS=(
   "est"
   "fat"
 )
+if [ $# -gt 0 ]; then
+  chosen=()
+  for m in "${MODELS[@]}"; do [[ " $* " == *" ${m%%:*} "* ]] && chosen+=("$m"); done
+  MODELS=("${chosen[@]}")
+fi
 run_queue "$here" "$runs" "--config fuxictr-features --embed-dim 16" "${MODELS[@]}"
 # the feature groups, one seed: all fields; all but the history rating; all but hour and weekday
 for variant in "full:data.drop_fields=[]" "norating:data.drop_fields=[hist.rating]" \
