@@ -59,7 +59,7 @@ def test_plain_inputs_are_the_plain_mlps(tiny):
     torch.manual_seed(3)
     model = build(tiny, "dcnv2", inputs="plain", embed_dim=4)
     mlp = build(tiny, "mlp", embed_dim=4)
-    mlp.inputs.load_state_dict(model.inputs.state_dict())
+    mlp.emb.load_state_dict(model.emb.state_dict())
     assert model.needs.content is False and model.needs.cand_seq is None
     assert "dim" in model.cfg.inactive()
     b = batch(tiny, model)

@@ -20,9 +20,9 @@ def test_plain_mlp_is_unchanged(tiny):
     torch.manual_seed(6)
     model = build_model(tiny.spec, {"name": "mlp"}).eval()
     assert model.needs.content is False and model.needs.cand_seq is None
-    assert sorted({k.split(".")[0] for k in model.state_dict()}) == ["head", "inputs"]
+    assert sorted({k.split(".")[0] for k in model.state_dict()}) == ["emb", "head"]
     b = next(iter(Loader(tiny, "valid", LoaderConfig(batch_size=16, max_len=12))))
-    emb: FeatureEmbedding = model.inputs.emb
+    emb: FeatureEmbedding = model.emb
     rows = []
     for n in range(len(b)):
         hist = [emb.hist(b.hist[n, j][None, None])[0, 0].flatten() for j in range(b.hist.shape[1]) if b.hist_mask[n, j]]

@@ -3,7 +3,7 @@
 Inputs: the FAT paper's field tokens (inputs="fields", fields.py), or by default as the EST paper feeds its
 hierarchical baselines (tokens.py): one token per non-behavioral field, the
 SimTier token, and R_u and R_c each pooled by DIN into one token; x0 = their concatenation. inputs="plain" feeds
-FuxiCTR's DCNv2 inputs instead: every field's embedding and the mean of the history (fields.PlainInputs).
+FuxiCTR's DCNv2 inputs instead: every field's embedding and the mean of the history (fields.plain_inputs).
 
 Cross layer: x_{l+1} = x0 * (W_l x_l + b_l) + x_l, W_l full-rank (rank = 0) or low-rank W_l = U_l V_l^T. The
 cross network sits beside a deep MLP on x0 with both outputs concatenated ("parallel"), or feeds the deep MLP

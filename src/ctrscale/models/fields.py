@@ -8,12 +8,13 @@ then each token its own linear map to width d (no bias: field biases are FAT's o
 
 The hierarchical baselines (MLP, DCNv2, AutoInt, HiFormer, RankMixer) read either these tokens (inputs="fields",
 the FAT paper's protocol) or the EST paper's unified tokens (inputs="pooled", tokens.PooledInputs). MLP and DCNv2
-also read PlainInputs (inputs="plain"): every field's embedding and the mean of each behavior field's embeddings
+also read plain inputs (inputs="plain", plain_inputs): every field's embedding and the mean of each behavior field's embeddings
 over the history, flattened, as FuxiCTR's DNN and DCNv2 feed them.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from statistics import NormalDist
 
 import torch
@@ -89,21 +90,13 @@ class FieldTokens(nn.Module):
         return torch.cat([tokens, seq.unsqueeze(1)], 1)
 
 
-class PlainInputs(nn.Module):
+def plain_inputs(emb: FeatureEmbedding, batch: Batch) -> Tensor:
     """(B, width): every non-behavioral field's embedding (numerics as they are) and the masked mean of each
     behavior field's embeddings over the history, concatenated."""
-
-    def __init__(self, spec: DataSpec, embed_dim: int):
-        super().__init__()
-        self.emb = FeatureEmbedding(spec, embed_dim)
-        self.width = self.emb.out_flat + len(spec.hist) * embed_dim
-
-    def forward(self, batch: Batch) -> Tensor:
-        parts = [self.emb.flat(batch.sparse, batch.dense)]
-        if self.emb.spec.hist:
-            hist = self.emb.hist(batch.hist).flatten(-2)                              # (B, L, F_hist * e)
-            parts.append(masked_mean(hist, batch.hist_mask, dim=1))
-        return torch.cat(parts, -1)
+    parts = [emb.flat(batch.sparse, batch.dense)]
+    if emb.spec.hist:
+        parts.append(masked_mean(emb.hist(batch.hist).flatten(-2), batch.hist_mask, dim=1))
+    return torch.cat(parts, -1)
 
 
 @dataclass
@@ -133,9 +126,10 @@ class TokenInputModel(UnifiedInputModel):
 
     def build_flat_inputs(self, spec: DataSpec, cfg: TokenInputConfig) -> int:
         """Sets self.inputs, whose output flatten(1) reads as one vector per row; returns that vector's width."""
-        if cfg.inputs == "plain":
-            self.inputs = PlainInputs(spec, cfg.embed_dim)
-            return self.inputs.width
+        if cfg.inputs == "plain":  # the tables stay the model's `emb` (state names as DIN's: warm starts match)
+            self.emb = FeatureEmbedding(spec, cfg.embed_dim)
+            self.inputs = partial(plain_inputs, self.emb)
+            return self.emb.out_flat + len(spec.hist) * cfg.embed_dim
         return self.build_inputs(spec, cfg) * cfg.dim
 
     def build_inputs(self, spec: DataSpec, cfg: TokenInputConfig) -> int:

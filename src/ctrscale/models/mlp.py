@@ -1,6 +1,6 @@
 """Embedding + MLP ("DeepCTR" baseline).
 
-inputs="plain": all field embeddings and the mean of the history (fields.PlainInputs), then an MLP.
+inputs="plain": all field embeddings and the mean of the history (fields.plain_inputs), then an MLP.
 inputs="pooled": the EST paper's MLP base model (its Table 3): the hierarchical baselines' unified inputs
 (tokens.py: one token per non-behavioral field, the SimTier token, R_u and R_c each pooled by DIN) flattened,
 then the MLP. Only this variant reads the content table and candidate-specific behaviors.
