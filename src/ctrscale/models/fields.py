@@ -8,8 +8,8 @@ then each token its own linear map to width d (no bias: field biases are FAT's o
 
 The hierarchical baselines (MLP, DCNv2, AutoInt, HiFormer, RankMixer) read either these tokens (inputs="fields",
 the FAT paper's protocol) or the EST paper's unified tokens (inputs="pooled", tokens.PooledInputs). MLP and DCNv2
-also read plain inputs (inputs="plain", plain_inputs): every field's embedding and the mean of each behavior field's embeddings
-over the history, flattened, as FuxiCTR's DNN and DCNv2 feed them.
+also read plain inputs (inputs="plain", plain_inputs): every field's embedding and the mean of each behavior
+field's embeddings over the history, flattened, as FuxiCTR's DNN and DCNv2 feed them.
 """
 from __future__ import annotations
 
