@@ -235,6 +235,23 @@ def test_rerun_is_a_noop_until_an_input_changes(tmp_path, clean):
     assert prepare_table(schema, [csv], out, on_bad_row="skip", force=True) is not None
 
 
+
+def test_the_same_inputs_rewritten_are_the_same_preparation(tmp_path, clean):
+    """The fingerprint reads contents, not times: the same bytes written again (a fresh checkout, a remounted share)
+    neither prepare again nor stop an interrupted run from resuming; one changed byte does prepare again."""
+    schema, csv = clean
+    out = tmp_path / "out"
+    assert prepare_table(schema, [csv], out) is not None
+    fp = json.loads((out / "meta.json").read_text())["fingerprint"]
+    data = csv.read_bytes()
+    csv.write_bytes(data)
+    st = csv.stat()
+    os.utime(csv, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+    assert prepare_table(schema, [csv], out) is None
+    csv.write_bytes(data.replace(b"\n", b"\r\n", 1))
+    assert prepare_table(schema, [csv], out) is not None
+    assert json.loads((out / "meta.json").read_text())["fingerprint"] != fp
+
 def _same(a, b):
     ra, rb = PreparedDataset(a), PreparedDataset(b)
     for s in ("train", "valid", "test"):

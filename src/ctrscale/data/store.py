@@ -27,6 +27,7 @@ Times are unix seconds; every impression and behavior time must lie in [TIME_MIN
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -155,12 +156,28 @@ def read_columns(directory: str | Path) -> dict[str, np.ndarray]:
 
 
 def fingerprint(*parts, files: list[str | Path] = ()) -> str:
-    """Identity of a preparation: its options and its inputs (path, size, mtime)."""
+    """Identity of a preparation: its options and its inputs' names and contents. Content, not modification time:
+    a fresh copy of the same files (a new checkout, a remounted share) keeps the preparation and lets an interrupted
+    run resume; one changed byte prepares again."""
     h = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode())
     for f in files:
-        st = Path(f).stat()
-        h.update(f"{Path(f).name}:{st.st_size}:{st.st_mtime_ns}".encode())
+        h.update(f"{Path(f).name}:{content_hash(Path(f))}".encode())
     return h.hexdigest()[:16]
+
+
+def content_hash(path: Path) -> str:
+    st = path.stat()
+    return _content_hash(str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _content_hash(path: str, size: int, mtime_ns: int) -> str:
+    """sha256 of a file; once per process while its size and mtime stand (`compare` asks once per run)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def is_prepared(root: str | Path, fp: str) -> bool:

@@ -57,8 +57,8 @@ def check_same_data_and_precision(last: Path, saved: RunState, now: RunState) ->
     """A resume must see the data and arithmetic the run started with: the same preparation (its fingerprint; a
     folder prepared again from other inputs differs) and the same precision (`auto` follows the device). A value
     the checkpoint did not record (an older last.pt) is not checked."""
-    for key, what in (("data_fingerprint", "the prepared data (fingerprint in its meta.json)"),
-                      ("precision", "the precision (train.precision=auto is bf16 on a GPU, fp32 on a CPU)")):
+    for key, what in (("data_fingerprint", "prepared data (the fingerprint in its meta.json)"),
+                      ("precision", "precision (train.precision=auto is bf16 on a GPU, fp32 on a CPU)")):
         was, is_now = getattr(saved, key), getattr(now, key)
         if was is not None and was != is_now:
             raise RunError(f"{last}: the run started with other {what}: {was!r} -> {is_now!r}; resume "
