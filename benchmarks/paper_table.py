@@ -8,6 +8,8 @@ columns follow --order (the paper's order). Seeds pair by number.
     python benchmarks/paper_table.py results/ml1m-sparsectr results/ml1m-table2 --base din \
         --against sparsectr din --order din can softsim hardsim eta twinv2 bst hstu longer suan sparsectr \
         --out results/ml1m-table2/table2.md
+    python benchmarks/paper_table.py results/ml1m-peer --order mlp din suan lightsuan-distilled sparsectr est fat \
+        --base mlp --against mlp --reference "FuxiCTR DNN" 0.7720 0.0031 0.7434 --out results/ml1m-peer/table.md
 """
 from __future__ import annotations
 
@@ -52,7 +54,15 @@ def _paired(a: dict[int, float], b: dict[int, float]) -> str:
     return f"{t['mean_diff']:+.4f} (p={t['p_value']:.2g})"
 
 
-def table(runs: dict[str, dict[int, Path]], base: str, against: list[str], flops: bool) -> tuple[str, dict]:
+def _versus_reference(mean: float, ref: float, ref_std: float | None) -> str:
+    """Difference from a published figure; `beyond its std` when it exceeds the figure's spread over seeds."""
+    d = mean - ref
+    return f"{d:+.4f}" + (" (beyond its std)" if ref_std is not None and abs(d) > ref_std else "")
+
+
+def table(runs: dict[str, dict[int, Path]], base: str, against: list[str], flops: bool,
+          reference: tuple[str, float, float, float] | None = None) -> tuple[str, dict]:
+    """`reference`: (name, AUC, AUC std, GAUC) of a figure from elsewhere (a peer's), to show each model's distance."""
     res = {lab: {s: json.loads((p / "results.json").read_text()) for s, p in by_seed.items()}
            for lab, by_seed in runs.items()}
     auc = {lab: {s: r["test"]["auc"] for s, r in rs.items()} for lab, rs in res.items()}
@@ -72,11 +82,23 @@ def table(runs: dict[str, dict[int, Path]], base: str, against: list[str], flops
             if other != lab:
                 rec[f"auc_vs_{other}"] = _paired(auc[lab], auc[other])
                 rec[f"gauc_vs_{other}"] = _paired(gauc[lab], gauc[other])
+        ref_cols = []
+        if reference:
+            name, ref_auc, ref_std, ref_gauc = reference
+            rec[f"auc_vs_{name}"] = float(np.mean(rec["auc"])) - ref_auc
+            rec[f"gauc_vs_{name}"] = float(np.mean(rec["gauc"])) - ref_gauc
+            ref_cols = [_versus_reference(float(np.mean(rec["auc"])), ref_auc, ref_std),
+                        _versus_reference(float(np.mean(rec["gauc"])), ref_gauc, None)]
         record[lab] = rec
         rows.append([lab, str(len(rs)), _mean_std(rec["auc"]), _mean_std(rec["gauc"]), f"{rec['rela_impr_pct']:+.2f}%",
+                     *ref_cols,
                      *[rec.get(f"auc_vs_{o}", "") for o in against], *[rec.get(f"gauc_vs_{o}", "") for o in against],
                      f"{rec['dense_params']:,}", "" if gf is None else f"{gf:.3f}", f"{rec['train_minutes']:.1f}"])
-    cols = ["model", "seeds", "AUC", "GAUC", f"RelaImpr vs {base}", *[f"ΔAUC vs {o}" for o in against],
+    ref_head = []
+    if reference:
+        name, ref_auc, ref_std, ref_gauc = reference
+        ref_head = [f"ΔAUC vs {name} ({ref_auc:.4f} ± {ref_std:.4f})", f"ΔGAUC vs {name} ({ref_gauc:.4f})"]
+    cols = ["model", "seeds", "AUC", "GAUC", f"RelaImpr vs {base}", *ref_head, *[f"ΔAUC vs {o}" for o in against],
             *[f"ΔGAUC vs {o}" for o in against], "dense params", "GFLOPs/60 at max_len", "train min"]
     return markdown_table(rows, cols), record
 
@@ -88,12 +110,20 @@ def main(argv=None):
     ap.add_argument("--base", required=True, help="the RelaImpr base")
     ap.add_argument("--against", nargs="*", default=[], help="paired t-tests over seeds against these")
     ap.add_argument("--no-flops", action="store_true", help="skip counting GFLOPs at max_len (needs the dataset)")
+    ap.add_argument("--reference", nargs=4, metavar=("NAME", "AUC", "AUC_STD", "GAUC"),
+                    help="a figure from elsewhere (e.g. FuxiCTR's) to show each model's distance from")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
+    reference = None
+    if args.reference:
+        try:
+            reference = (args.reference[0], *map(float, args.reference[1:]))
+        except ValueError:
+            raise SystemExit(f"--reference {' '.join(args.reference)}: AUC, AUC_STD and GAUC must be numbers") from None
     for lab in [args.base, *args.against]:
         if lab not in args.order:
             raise SystemExit(f"{lab}: not among --order ({', '.join(args.order)})")
-    md, record = table(find_runs(args.folders, args.order), args.base, args.against, not args.no_flops)
+    md, record = table(find_runs(args.folders, args.order), args.base, args.against, not args.no_flops, reference)
     print(md)
     if args.out:
         args.out.write_text(md)
