@@ -113,8 +113,9 @@ def cmd_serve(args) -> int:
     import torch
     import uvicorn
 
-    from .serving.app import Service, create_app, keep_freed_memory
+    from .serving.app import Service, create_app
     from .serving.features import Limits
+    from .train.device import keep_freed_memory
     keep_freed_memory()
     token = args.token or os.environ.get("CTRSCALE_TOKEN") or None
     if args.threads:

@@ -127,20 +127,6 @@ class Service:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def keep_freed_memory() -> bool:
-    """Stop glibc from returning large freed blocks to the OS (mmap/munmap per tensor, then page faults on every
-    request): measured on 2 cores, SUAN's candidate pass at 1000 candidates took 49 ms in the server against 21 ms
-    with the freed memory kept. The service's memory then stays at its peak request's, which it needs anyway."""
-    import ctypes
-    import ctypes.util
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"))
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        return bool(libc.mallopt(m_mmap_threshold, 1 << 30) and libc.mallopt(m_trim_threshold, (1 << 31) - 1))
-    except (OSError, AttributeError):  # not glibc: nothing to tune
-        return False
-
-
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message, "status": status}, status_code=status)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ctypes
+import ctypes.util
 from contextlib import nullcontext
 
 import torch
@@ -21,16 +22,18 @@ def resolve_device(name: str, world: World | None = None) -> torch.device:
     return torch.device(name)
 
 
-def keep_freed_memory() -> None:
-    """Ask glibc to keep freed blocks for reuse instead of returning them to the OS. CPU training frees and
-    re-allocates the same large activations every step; returned to the OS, each comes back as page faults
-    (measured: 3.3x fewer faults, 15-20% less wall time for SUAN at L = 500). Linux/glibc only; else a no-op."""
+def keep_freed_memory() -> bool:
+    """Ask glibc to keep freed blocks for reuse instead of returning them to the OS. CPU training and serving free
+    and re-allocate the same large activations every step or request; returned to the OS, each comes back as page
+    faults (measured: 3.3x fewer faults, 15-20% less wall time for SUAN training at L = 500; SUAN's candidate pass
+    at 1000 candidates 49 ms in the server against 21 ms with the memory kept). Memory then stays at its peak
+    step's, which the process needs anyway. Linux/glibc only: False (nothing tuned) elsewhere."""
     try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-1, 2 ** 30)  # M_TRIM_THRESHOLD
-        libc.mallopt(-3, 2 ** 30)  # M_MMAP_THRESHOLD: large blocks from the reusable heap, not fresh mmaps
-    except OSError:
-        pass
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_mmap_threshold, 1 << 30) and libc.mallopt(m_trim_threshold, (1 << 31) - 1))
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        return False
 
 
 def precision_used(device: torch.device, precision: str) -> str:
