@@ -235,3 +235,13 @@ def test_drift_ignores_only_what_does_not_change_the_experiment():
     assert config_drift(a, b) == ["data.options: {} -> {'n_users': 5}"]
     b["model"]["embed_dim"] = 8
     assert config_drift(a, b)[1] == "model.embed_dim: 16 -> 8"
+
+
+def test_a_run_refused_at_its_start_leaves_no_folder(tiny, tmp_path):
+    """An error found after the lock was taken (the data's fields are read inside the run) removes the folder the
+    lock created, so a fixed command does not meet an empty leftover; a folder that was there stays."""
+    refused(*cli(*train_args(tiny, tmp_path, "r", "data.fields=[nope]"))[::2], "nope")
+    assert not (tmp_path / "r").exists()
+    (tmp_path / "kept").mkdir()
+    refused(*cli(*train_args(tiny, tmp_path, "kept", "data.fields=[nope]"))[::2], "nope")
+    assert (tmp_path / "kept").is_dir()

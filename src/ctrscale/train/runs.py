@@ -42,17 +42,20 @@ NOT_THE_EXPERIMENT = {"name", "out_dir", "train.threads", "train.progress", "tra
 
 
 class RunLock:
-    """An exclusive, non-blocking lock on <run_dir>/.lock (POSIX flock: released by the OS if the process dies)."""
+    """An exclusive, non-blocking lock on <run_dir>/.lock (POSIX flock: released by the OS if the process dies).
+    A run that fails before writing anything into the folder the lock created leaves no folder behind."""
 
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / ".lock"
         self.file = None
+        self.created = False
 
     def __enter__(self) -> "RunLock":
         try:
             import fcntl
         except ImportError:  # no flock (Windows): no lock
             return self
+        self.created = not self.path.parent.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         f = open(self.path, "a+")
         try:
@@ -70,8 +73,11 @@ class RunLock:
         self.file = f
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
         if self.file is not None:
+            if exc_type is not None and self.created and os.listdir(self.path.parent) == [".lock"]:
+                self.path.unlink()  # still held: a process refused by it has already gone; none can take it now
+                self.path.parent.rmdir()
             self.file.close()  # closing releases the lock; the file stays (removing it would race a new holder)
             self.file = None
 
