@@ -7,9 +7,9 @@ then timed steps over real batches.
     python benchmarks/bench_train.py --out benchmarks/results/train.json
 
 --peer (issue 29): against FuxiCTR. Impressions/s of FuxiCTR's DNN, DCNv2, DIN and BST set-ups in ctrscale on
-ml1m-u2999-ctr-v1 with FuxiCTR's features (src/ctrscale/configs/fuxictr-features.yaml), at batch 256 and 1024, on 2 threads:
-the loader and the optimizer step included, as a training epoch runs them (shuffled batches, each cut to its
-longest history). Beside each: the counted training FLOPs per impression, the achieved FLOP/s as a
+ml1m-u2999-ctr-v1 with FuxiCTR's features (src/ctrscale/configs/fuxictr-features.yaml), at batch 256 and 1024, on
+2 threads: the loader and the optimizer step included, as a training epoch runs them (shuffled batches, each cut
+to its longest history). Beside each: the counted training FLOPs per impression, the achieved FLOP/s as a
 share of the fp32 matmul peak measured in the same run, and the same model under torch.compile (inductor) for
 training (compile time apart, the same batches) and for inference, with the speed-ups and how far the compiled
 results are from eager ones (max |logit| difference; the loss after the timed steps).

@@ -2,8 +2,9 @@
 against the same model with one group dropped, with a paired bootstrap over users (1000 replicates, 95% interval)
 from the runs' saved test predictions, so one seed still says whether a difference is more than noise.
 
-Runs are `ctrscale compare` folders named LABEL-SUFFIX-s0: SUFFIX `full` (every field), and one per dropped group
-(`--groups norating="the history rating" ...`); LABEL-s0 (FuxiCTR's features: all of them dropped) when present.
+Runs are `ctrscale compare` folders named LABEL-SUFFIX-s0 (results/ml1m-peer/queue.sh writes them): `full` (every
+field), `norating` (no history rating), `notime` (no hour and weekday), and LABEL-s0 (FuxiCTR's features: all three
+dropped); a model without its `full` run is skipped, a missing dropped run leaves its cells empty.
 
     python benchmarks/feature_groups.py /tmp/ml1m-peer --models mlp din suan lightsuan-distilled sparsectr est fat \
         --out results/ml1m-peer/feature_groups.md

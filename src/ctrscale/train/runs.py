@@ -76,8 +76,11 @@ class RunLock:
     def __exit__(self, exc_type, *exc) -> None:
         if self.file is not None:
             if exc_type is not None and self.created and os.listdir(self.path.parent) == [".lock"]:
-                self.path.unlink()  # still held: a process refused by it has already gone; none can take it now
-                self.path.parent.rmdir()
+                try:  # unlinked while held: whoever opened it was refused; a later comer starts a new folder
+                    self.path.unlink()
+                    self.path.parent.rmdir()
+                except OSError:  # someone else's files arrived meanwhile: leave the folder as it is
+                    pass
             self.file.close()  # closing releases the lock; the file stays (removing it would race a new holder)
             self.file = None
 
