@@ -252,6 +252,7 @@ def test_the_same_inputs_rewritten_are_the_same_preparation(tmp_path, clean):
     assert prepare_table(schema, [csv], out) is not None
     assert json.loads((out / "meta.json").read_text())["fingerprint"] != fp
 
+
 def _same(a, b):
     ra, rb = PreparedDataset(a), PreparedDataset(b)
     for s in ("train", "valid", "test"):
