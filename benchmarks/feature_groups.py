@@ -47,6 +47,8 @@ def main(argv=None):
     ap.add_argument("--models", nargs="+", required=True)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
+    if not args.runs.is_dir():
+        raise SystemExit(f"{args.runs}: no such folder; give the `ctrscale compare` folder holding the runs")
     rows, record = [], {}
     for label in args.models:
         full = args.runs / f"{label}-full-s0"
