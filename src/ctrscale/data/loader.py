@@ -181,7 +181,8 @@ class Loader:
 
 def shard(rows: np.ndarray, world, requests: np.ndarray | None = None) -> np.ndarray:
     """This rank's part of a global batch (`world`: a train.distributed.World): consecutive rows cut into
-    world.size near-equal parts, or, with the rows' request keys (rows grouped by request, as listwise batches are), whole requests cut that way."""
+    world.size near-equal parts, or, with the rows' request keys (rows grouped by request, as listwise batches are),
+    whole requests cut that way."""
     if not world.distributed:
         return rows
     if requests is None:

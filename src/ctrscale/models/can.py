@@ -197,7 +197,7 @@ class CAN(CTRModel):
                      else keys.new_zeros(r, 0, orders, 1, d0))                            # (R, U_u, O, 1, d_0)
         return UserState(context, caches=[hist_feed, user_feed], history=keys)
 
-    # --- candidates ----------------------------------------------------------------------------------------------------
+    # --- candidates ---------------------------------------------------------------------------------------------
 
     def coaction(self, state: UserState, cand_sparse: Tensor) -> Tensor:
         """(R, C, F) candidates -> (R, C, coaction_width): every co-action unit's output."""

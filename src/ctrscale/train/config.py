@@ -158,7 +158,8 @@ def config_path(name: str | Path) -> Path:
     if p.suffix == "" and shipped.is_file():
         return shipped
     names = sorted(q.stem for q in PACKAGED.glob("*.yaml"))
-    raise ConfigError(f"{name}: no such config file, and no config of that name ships with ctrscale ({', '.join(names)})")
+    raise ConfigError(f"{name}: no such config file, and no config of that name ships with ctrscale "
+                      f"({', '.join(names)})")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = (), base: dict | None = None) -> RunConfig:
